@@ -1,0 +1,55 @@
+"""Transactional emails built from ``templates/emails/<name>/``.
+
+Every message Assent writes itself (not brand-written campaigns) is built here
+by ``make_message``: a subject, a text part and an HTML part with its CSS inlined.
+"""
+
+from __future__ import annotations
+
+from email.utils import formataddr
+from typing import Any
+
+import css_inline
+from django.core.mail import EmailMultiAlternatives
+from django.template.loader import render_to_string
+from django.utils import translation
+
+from audiences.models import Brand
+
+_inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
+
+
+def _single_line(value: str) -> str:
+    """Header values never carry CR/LF, whatever reached us."""
+    return " ".join(value.split())
+
+
+def brand_sender(brand: Brand) -> str:
+    return formataddr((_single_line(brand.from_name), brand.from_email))
+
+
+def make_message(
+    name: str,
+    *,
+    to: str,
+    to_name: str = "",
+    context: dict[str, Any],
+    from_email: str,
+    reply_to: str = "",
+    language: str = "en",
+    headers: dict[str, str] | None = None,
+) -> EmailMultiAlternatives:
+    with translation.override(language):
+        subject = _single_line(render_to_string(f"emails/{name}/subject.txt", context))
+        text = render_to_string(f"emails/{name}/body.txt", context)
+        html = _inliner.inline(render_to_string(f"emails/{name}/body.html", context))
+    message = EmailMultiAlternatives(
+        subject=subject,
+        body=text,
+        from_email=from_email,
+        to=[formataddr((_single_line(to_name), to))],
+        reply_to=[reply_to] if reply_to else None,
+        headers={"Auto-Submitted": "auto-generated", **(headers or {})},
+    )
+    message.attach_alternative(html, "text/html")
+    return message

@@ -1,0 +1,350 @@
+"""Brands, their audiences and subscribers, and the evidence of consent.
+
+Status fields change only through the operations in ``audiences/consent.py``;
+nothing else calls ``save()`` on a status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+def new_token_secret() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def email_hash(normalised_email: str) -> str:
+    """The key under which a suppressed address is remembered without keeping it."""
+    return hashlib.sha256(normalised_email.encode()).hexdigest()
+
+
+class Brand(models.Model):
+    """The tenant: everything else belongs to exactly one brand."""
+
+    name = models.CharField(_("name"), max_length=120)
+    slug = models.SlugField(_("slug"), max_length=60, unique=True)
+    from_name = models.CharField(_("sender name"), max_length=120)
+    from_email = models.EmailField(_("sender address"))
+    reply_to = models.EmailField(_("reply-to address"), blank=True)
+    postal_address = models.TextField(
+        _("postal address"), blank=True, help_text=_("Shown in the footer of every campaign.")
+    )
+    privacy_url = models.URLField(_("privacy policy URL"), blank=True)
+    default_language = models.CharField(_("default language"), max_length=8, choices=settings.LANGUAGES, default="en")
+    frequency_limit = models.PositiveIntegerField(
+        _("frequency limit"),
+        default=3,
+        help_text=_("At most this many campaign messages per subscriber per 7 days."),
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner", _("Owner")
+        EDITOR = "editor", _("Editor")
+        VIEWER = "viewer", _("Viewer")
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "brand"], name="membership_unique_user_brand")]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.brand} ({self.role})"
+
+
+class Audience(models.Model):
+    """A list a consumer can join inside a brand."""
+
+    brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="audiences")
+    name = models.CharField(_("public name"), max_length=120)
+    description = models.TextField(_("public description"), blank=True)
+    archived_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["brand", "name"], name="audience_unique_brand_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SubscriberQuerySet(models.QuerySet["Subscriber"]):
+    def eligible(self, *, audience_ids: list[int]) -> SubscriberQuerySet:
+        """THE definition of who may be sent a message about these audiences, now.
+
+        Confirmed, with an active subscription to at least one of the audiences,
+        not paused, and whose address is not on the brand's suppression list.
+        Used when planning recipients and again, per batch, right before sending.
+        """
+        now = timezone.now()
+        active = Subscription.objects.filter(
+            subscriber=models.OuterRef("pk"), audience_id__in=audience_ids, status=Subscription.Status.ACTIVE
+        )
+        suppressed = Suppression.objects.filter(
+            brand=models.OuterRef("brand"), email_hash=models.OuterRef("email_hash")
+        )
+        return (
+            self.filter(status=Subscriber.Status.CONFIRMED)
+            .filter(models.Q(paused_until__isnull=True) | models.Q(paused_until__lte=now))
+            .filter(models.Exists(active))
+            .exclude(models.Exists(suppressed))
+        )
+
+
+class Subscriber(models.Model):
+    """One person for one brand, keyed by the normalised address."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending confirmation")
+        CONFIRMED = "confirmed", _("Confirmed")
+        UNSUBSCRIBED = "unsubscribed", _("Unsubscribed")
+        BLOCKED = "blocked", _("Blocked")
+
+    brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="subscribers")
+    email = models.EmailField(_("email"), max_length=254)
+    # sha256 of the normalised address: joins with Suppression without keeping the address there.
+    email_hash = models.CharField(max_length=64, editable=False)
+    name = models.CharField(_("name"), max_length=100, blank=True)
+    language = models.CharField(_("language"), max_length=8, choices=settings.LANGUAGES, default="en")
+    attributes = models.JSONField(_("attributes"), default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    source = models.CharField(max_length=16, blank=True)
+    # Rotating this secret invalidates every link ever sent to the person.
+    token_secret = models.CharField(max_length=64, default=new_token_secret, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    unsubscribed_at = models.DateTimeField(null=True, blank=True)
+    blocked_at = models.DateTimeField(null=True, blank=True)
+    paused_until = models.DateTimeField(null=True, blank=True)
+    last_engaged_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SubscriberQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["brand", "email"], name="subscriber_unique_brand_email")]
+        indexes = [
+            models.Index(fields=["brand", "status"], name="subscriber_brand_status"),
+            models.Index(fields=["status", "created_at"], name="subscriber_status_created"),
+        ]
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class Subscription(models.Model):
+    """A subscriber's membership of one audience."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending confirmation")
+        ACTIVE = "active", _("Active")
+        INACTIVE = "inactive", _("Inactive")
+
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="subscriptions")
+    audience = models.ForeignKey(Audience, on_delete=models.CASCADE, related_name="subscriptions")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    source = models.CharField(max_length=16, blank=True)
+    requested_at = models.DateTimeField(default=timezone.now)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["subscriber", "audience"], name="subscription_unique_subscriber_audience")
+        ]
+        indexes = [
+            models.Index(fields=["audience", "status"], name="subscription_audience_status"),
+            models.Index(fields=["status", "requested_at"], name="subscription_status_requested"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subscriber} → {self.audience} ({self.status})"
+
+
+class SignupForm(models.Model):
+    """A brand's signup form: hosted at /s/<brand>/<form>/ and embeddable."""
+
+    brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="signup_forms")
+    slug = models.SlugField(max_length=60)
+    title = models.CharField(_("title"), max_length=120)
+    intro = models.TextField(_("introduction"), blank=True)
+    audiences = models.ManyToManyField(Audience, related_name="signup_forms")
+    ask_name = models.BooleanField(_("ask for a name"), default=True)
+    thank_you_url = models.URLField(
+        _("thank-you URL"), blank=True, help_text=_("Where to send people after they sign up (optional).")
+    )
+    allowed_origins = models.TextField(
+        _("allowed embedding origins"),
+        blank=True,
+        help_text=_("One origin per line, e.g. https://www.example.com, allowed to embed and post this form."),
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["brand", "slug"], name="signupform_unique_brand_slug")]
+
+    def __str__(self) -> str:
+        return f"{self.brand.slug}/{self.slug}"
+
+    @property
+    def origins(self) -> list[str]:
+        return [line.strip().rstrip("/") for line in self.allowed_origins.splitlines() if line.strip()]
+
+    def current_wording(self) -> ConsentWording:
+        wording = self.wordings.order_by("-version").first()
+        if wording is None:
+            raise ConsentWording.DoesNotExist(f"signup form {self} has no consent wording")
+        return wording
+
+
+class ConsentWording(models.Model):
+    """One version of a form's consent text. Never edited: a change is a new version."""
+
+    form = models.ForeignKey(SignupForm, on_delete=models.CASCADE, related_name="wordings")
+    version = models.PositiveIntegerField()
+    text = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["form", "version"], name="consentwording_unique_form_version")]
+
+    def __str__(self) -> str:
+        return f"{self.form} v{self.version}"
+
+
+class AppendOnlyQuerySet(models.QuerySet["ConsentEvent"]):
+    def update(self, **kwargs: Any) -> int:
+        raise TypeError("consent events are append-only")
+
+
+class ConsentEvent(models.Model):
+    """Append-only evidence of every consent change. Never updated."""
+
+    class Kind(models.TextChoices):
+        REQUESTED = "requested", _("Subscription requested")
+        CONFIRMED = "confirmed", _("Subscription confirmed")
+        UNSUBSCRIBED = "unsubscribed", _("Unsubscribed")
+        RESUBSCRIBED = "resubscribed", _("Resubscribed")
+        PREFERENCES = "preferences", _("Preferences changed")
+        BLOCKED = "blocked", _("Blocked")
+
+    class Actor(models.TextChoices):
+        CONSUMER = "consumer", _("Consumer")
+        TEAM = "team", _("Team member")
+        SYSTEM = "system", _("System")
+        PROVIDER = "provider", _("Email provider")
+
+    class Source(models.TextChoices):
+        FORM = "form", _("Signup form")
+        EMBED = "embed", _("Embedded form")
+        API = "api", _("API")
+        IMPORT = "import", _("Import")
+        EMAIL_LINK = "email_link", _("Link in an email")
+        ONE_CLICK = "one_click", _("One-click unsubscribe")
+        DASHBOARD = "dashboard", _("Dashboard")
+        WEBHOOK = "webhook", _("Provider webhook")
+        SYSTEM = "system", _("System")
+
+    brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="consent_events")
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="consent_events")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    actor = models.CharField(max_length=10, choices=Actor.choices)
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    source = models.CharField(max_length=12, choices=Source.choices)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    signup_form = models.ForeignKey(SignupForm, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    wording = models.ForeignKey(ConsentWording, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # A copy of the exact text shown, so the evidence survives any later edit.
+    wording_text = models.TextField(blank=True)
+    # [{"id": 1, "name": "Weekly news"}, ...] as named at the time.
+    audiences = models.JSONField(default=list, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["subscriber", "created_at"], name="consentevent_subscriber")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.subscriber_id} {self.created_at:%Y-%m-%d %H:%M}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise TypeError("consent events are append-only")
+        super().save(*args, **kwargs)
+
+
+class ConfirmationRequest(models.Model):
+    """One confirmation email to send (or refused): the unit of work for the task.
+
+    Also the record behind the per-address limits (one per 10 minutes, a few a day).
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        SENDING = "sending", _("Sending")
+        SENT = "sent", _("Sent")
+        SKIPPED = "skipped", _("Skipped")
+        FAILED = "failed", _("Failed")
+
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="confirmation_requests")
+    audience_ids = models.JSONField(default=list)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["subscriber", "created_at"], name="confirmreq_subscriber_created")]
+
+    def __str__(self) -> str:
+        return f"confirmation {self.pk} for {self.subscriber_id} ({self.status})"
+
+
+class Suppression(models.Model):
+    """An address this brand must never add or mail, remembered only by its hash."""
+
+    class Reason(models.TextChoices):
+        HARD_BOUNCE = "hard_bounce", _("Hard bounce")
+        COMPLAINT = "complaint", _("Complaint")
+        BLOCKED = "blocked", _("Blocked")
+        ERASED = "erased", _("Erased at the person's request")
+        TEAM = "team", _("Added by the team")
+
+    brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="suppressions")
+    email_hash = models.CharField(max_length=64)
+    reason = models.CharField(max_length=12, choices=Reason.choices)
+    note = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["brand", "email_hash"], name="suppression_unique_brand_email_hash")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.brand.slug}:{self.email_hash[:12]} ({self.reason})"

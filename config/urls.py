@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path
+
+from config import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
+    path("robots.txt", views.robots, name="robots"),
+    path("admin/", admin.site.urls),
+    path("", include("audiences.urls")),
+]
+
+if settings.DEBUG and settings.DEV_OUTBOX_ENABLED:
+    urlpatterns += [path("dev/outbox/", include("campaigns.outbox_urls"))]
