@@ -17,9 +17,9 @@ _TS_SALT = "assent.signup.rendered-at"
 _CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
 
 
-def render_stamp(form: SignupForm) -> str:
+def render_stamp(form: SignupForm, *, at: float | None = None) -> str:
     """A signed 'rendered at' stamp: the minimum fill time is measured from it."""
-    return signing.dumps({"f": form.pk, "t": time.time()}, salt=_TS_SALT)
+    return signing.dumps({"f": form.pk, "t": time.time() if at is None else at}, salt=_TS_SALT)
 
 
 def stamp_age(form: SignupForm, stamp: str) -> float | None:
