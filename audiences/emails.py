@@ -6,7 +6,7 @@ by ``make_message``: a subject, a text part and an HTML part with its CSS inline
 
 from __future__ import annotations
 
-from email.utils import formataddr
+from email.utils import formataddr, make_msgid, parseaddr
 from typing import Any
 
 import css_inline
@@ -22,6 +22,12 @@ _inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=
 def _single_line(value: str) -> str:
     """Header values never carry CR/LF, whatever reached us."""
     return " ".join(value.split())
+
+
+def _message_id(from_email: str) -> str:
+    """A unique Message-ID in the sender's domain (not this host's name)."""
+    domain = parseaddr(from_email)[1].rpartition("@")[2] or "localhost"
+    return make_msgid(domain=domain)
 
 
 def brand_sender(brand: Brand) -> str:
@@ -49,7 +55,7 @@ def make_message(
         from_email=from_email,
         to=[formataddr((_single_line(to_name), to))],
         reply_to=[reply_to] if reply_to else None,
-        headers={"Auto-Submitted": "auto-generated", **(headers or {})},
+        headers={"Message-ID": _message_id(from_email), "Auto-Submitted": "auto-generated", **(headers or {})},
     )
     message.attach_alternative(html, "text/html")
     return message

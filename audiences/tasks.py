@@ -7,6 +7,7 @@ import smtplib
 
 from celery import shared_task
 from celery.app.task import Task
+from django.conf import settings
 
 from audiences import confirmation, consent
 
@@ -48,4 +49,4 @@ def purge_unconfirmed() -> tuple[int, int]:
 
 
 def _backoff(retries: int) -> int:
-    return min(2 ** (retries + 1) * 5, 600)
+    return int(min(settings.EMAIL_RETRY_BACKOFF_SECONDS * 2**retries, 600))

@@ -176,6 +176,7 @@ def celery_worker_process(
         "EMAIL_URL": f"smtp://127.0.0.1:{mail_server.port}?timeout=10",
         "SITE_URL": live_server.url,
         "CELERY_TASK_ALWAYS_EAGER": "false",
+        "EMAIL_RETRY_BACKOFF_SECONDS": "1",
         "ASSENT_VAR_DIR": str(tmp_path_factory.mktemp("worker-var")),
     }
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
@@ -220,3 +221,11 @@ def real_stack(
     mail_server.clear()
     yield live_server
     celery_app.conf.task_always_eager = True
+
+
+def db_snapshot() -> dict[str, list[dict[str, Any]]]:
+    """Every row of every Assent table, to assert that a request changed nothing."""
+    from django.apps import apps
+
+    models = [*apps.get_app_config("audiences").get_models(), *apps.get_app_config("campaigns").get_models()]
+    return {m._meta.label: list(m._default_manager.order_by("pk").values()) for m in models}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import re
+import time
 import urllib.parse
 import urllib.request
 from typing import Any
@@ -40,7 +41,6 @@ def test_a_person_signs_up_and_confirms_through_the_real_stack(
         "wording_version": _field(page, "wording_version"),
         "website": "",
     }
-    import time
 
     time.sleep(1.1)  # the minimum fill time is 1 s in these tests
     response = browser.open(url, urllib.parse.urlencode(data, doseq=True).encode())
@@ -78,3 +78,28 @@ def test_a_person_signs_up_and_confirms_through_the_real_stack(
     assert confirmed.kind == ConsentEvent.Kind.CONFIRMED
     assert confirmed.ip == "127.0.0.1"
     assert confirmed.user_agent.startswith("Python-urllib")
+
+
+def test_the_worker_retries_a_451_from_the_mail_server_and_then_delivers(
+    real_stack: Any, signup_form: SignupForm, mail_server: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from audiences import consent
+    from audiences.models import ConfirmationRequest
+
+    mail_server.replies.append("451 4.3.0 Mailbox busy, try again later")
+    consent.request_subscription(
+        form=signup_form,
+        email="frank@example.com",
+        audiences=list(signup_form.audiences.all()),
+        evidence=consent.Evidence(actor=ConsentEvent.Actor.CONSUMER, source=ConsentEvent.Source.FORM),
+    )
+    [message] = mail_server.wait_for(1, timeout=30)
+    assert message["To"] == "frank@example.com"
+    assert mail_server.replies == []  # the 451 was answered first
+    request = ConfirmationRequest.objects.get()
+    for _ in range(50):
+        request.refresh_from_db()
+        if request.status == ConfirmationRequest.Status.SENT:
+            break
+        time.sleep(0.1)
+    assert request.status == ConfirmationRequest.Status.SENT
