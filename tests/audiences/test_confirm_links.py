@@ -101,7 +101,7 @@ def test_an_expired_link_is_a_410(
 ) -> None:
     eight_days_ago = time.time() - 8 * 86400
     with monkeypatch.context() as m:
-        m.setattr(signing.time, "time", lambda: eight_days_ago)
+        m.setattr(signing.time, "time", lambda: eight_days_ago)  # type: ignore[attr-defined]
         path = confirm_path(pending, [news.pk])
     response = client.post(path)
     assert response.status_code == 410

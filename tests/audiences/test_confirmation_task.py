@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.core import mail
+from django.core.mail import EmailMultiAlternatives
 
 from audiences import confirmation, consent, tasks
 from audiences.consent import Evidence
@@ -44,7 +45,8 @@ def test_running_the_task_twice_sends_one_email(queued: ConfirmationRequest) -> 
 def test_the_email_carries_a_working_confirm_link_and_a_brand_message_id(queued: ConfirmationRequest) -> None:
     tasks.send_confirmation.delay(queued.pk)
     [message] = mail.outbox
-    html = message.alternatives[0][0]  # type: ignore[attr-defined]
+    assert isinstance(message, EmailMultiAlternatives)
+    html = str(message.alternatives[0][0])
     assert "http://127.0.0.1:8000/c/" in message.body
     assert 'href="http://127.0.0.1:8000/c/' in html
     assert "style=" in html  # CSS inlined for email clients
@@ -74,7 +76,7 @@ def test_a_transient_smtp_failure_puts_the_request_back_and_a_retry_sends_it(
 
 def test_a_permanent_smtp_failure_is_recorded(queued: ConfirmationRequest, smtp: MailServer) -> None:
     smtp.replies.append("550 5.1.1 No such user")
-    assert tasks.send_confirmation.apply(args=[queued.pk]).get() == "failed"
+    assert tasks.send_confirmation.apply(args=(queued.pk,)).get() == "failed"
     queued.refresh_from_db()
     assert queued.status == ConfirmationRequest.Status.FAILED
     assert "550" in queued.error

@@ -50,7 +50,9 @@ def test_a_person_signs_up_and_confirms_through_the_real_stack(
     assert message["To"] == "Erin <erin@example.com>"
     assert "Acme Tea" in message["Subject"]
     text = message.get_body(preferencelist=("plain",)).get_content()
-    confirm_url = re.search(r"(http://\S+/c/\S+/)", text).group(1)
+    match = re.search(r"(http://\S+/c/\S+/)", text)
+    assert match, text
+    confirm_url = match.group(1)
 
     subscriber = Subscriber.objects.get(email="erin@example.com")
     assert subscriber.status == Subscriber.Status.PENDING

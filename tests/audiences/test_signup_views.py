@@ -69,7 +69,7 @@ def test_the_brand_thank_you_url_is_used_when_set(client: Client, url: str, sign
 
 
 def test_one_audience_forms_need_no_checkbox(client: Client, url: str, signup_form: SignupForm) -> None:
-    signup_form.audiences.remove(signup_form.audiences.order_by("name").first())
+    signup_form.audiences.remove(signup_form.audiences.order_by("name")[0])
     assert "checkbox" not in client.get(url).content.decode()
     data = signup_data(signup_form)
     del data["audiences"]
