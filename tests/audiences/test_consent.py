@@ -256,3 +256,25 @@ def test_purge_deletes_old_unconfirmed_requests_with_their_personal_data(
     assert not ConsentEvent.objects.filter(subscriber__email="old@example.com").exists()
     assert not ConfirmationRequest.objects.filter(subscriber__email="old@example.com").exists()
     assert dict(kept.subscriptions.values_list("audience__name", "status")) == {"Weekly news": "active"}
+
+
+def test_the_database_refuses_updates_to_consent_events(
+    signup_form: SignupForm, news: Audience, on_commit: Any
+) -> None:
+    from django.db import DatabaseError, connection, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the trigger exists on PostgreSQL only")
+    with on_commit():
+        request(signup_form, [news])
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE audiences_consentevent SET kind = 'confirmed'")
+    assert ConsentEvent.objects.get().kind == ConsentEvent.Kind.REQUESTED
+
+
+def test_deleting_a_team_member_keeps_the_events_they_recorded(signup_form: SignupForm, news: Audience, owner: Any) -> None:
+    team = Evidence(actor=ConsentEvent.Actor.TEAM, source=ConsentEvent.Source.DASHBOARD, actor_user=owner)
+    consent.request_subscription(form=signup_form, email="gus@example.com", audiences=[news], evidence=team)
+    owner.delete()
+    event = ConsentEvent.objects.get()
+    assert (event.actor, event.actor_user) == ("team", None)
