@@ -44,7 +44,7 @@ class MailServer:
         self.port = free_port()
         self.lock = threading.Lock()
         self.messages: list[EmailMessage] = []
-        self.envelopes: list[tuple[str, list[str]]] = []
+        self.envelopes: list[tuple[str | None, list[str]]] = []
         self.replies: list[str] = []
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
 
