@@ -13,9 +13,9 @@ from audiences import embed
 from audiences.models import (
     Audience,
     Brand,
-    ConfirmationRequest,
     ConsentEvent,
     ConsentWording,
+    ConsumerEmail,
     Membership,
     SignupForm,
     Subscriber,
@@ -176,8 +176,8 @@ class ConsentEventAdmin(ReadOnlyAdmin):
     show_full_result_count = False
 
 
-@admin.register(ConfirmationRequest)
-class ConfirmationRequestAdmin(ReadOnlyAdmin):
+@admin.register(ConsumerEmail)
+class ConsumerEmailAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "subscriber", "status", "sent_at", "error"]
     list_filter = ["status"]
 

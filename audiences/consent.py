@@ -25,9 +25,9 @@ from email_validator import EmailNotValidError, validate_email
 from audiences.models import (
     Audience,
     Brand,
-    ConfirmationRequest,
     ConsentEvent,
     ConsentWording,
+    ConsumerEmail,
     SignupForm,
     Subscriber,
     Subscription,
@@ -115,9 +115,9 @@ def record_event(
     )
 
 
-def _throttled(subscriber: Subscriber, now: Any) -> bool:
-    """At most one confirmation email per address per interval, and a daily cap."""
-    recent = ConfirmationRequest.objects.filter(subscriber=subscriber, created_at__gte=now - timedelta(days=1))
+def _throttled(subscriber: Subscriber, kind: ConsumerEmail.Kind, now: Any) -> bool:
+    """At most one email of this kind per address per interval, and a daily cap."""
+    recent = ConsumerEmail.objects.filter(subscriber=subscriber, kind=kind, created_at__gte=now - timedelta(days=1))
     interval = timedelta(minutes=settings.CONFIRMATION_MIN_INTERVAL_MINUTES)
     if recent.filter(created_at__gte=now - interval).exists():
         return True
@@ -142,7 +142,7 @@ def request_subscription(
        unless the person already has it confirmed.
     4. Write ``ConsentEvent(requested)`` with the form's current wording.
     5. Unless the address hit its confirmation limits, create a
-       ``ConfirmationRequest`` and send it from a task after commit.
+       ``ConsumerEmail`` and send it from a task after commit.
     """
     address = normalise_email(email)
     offered = set(form.audiences.filter(archived_at__isnull=True).values_list("pk", flat=True))
@@ -183,13 +183,10 @@ def request_subscription(
             wording=wording,
             details={"wording_version": wording.version},
         )
-        if _throttled(subscriber, now):
+        if _throttled(subscriber, ConsumerEmail.Kind.CONFIRM, now):
             log.warning("confirmation email throttled: subscriber=%s", subscriber.pk)
             return Outcome.THROTTLED
-        confirmation = ConfirmationRequest.objects.create(
-            subscriber=subscriber, audience_ids=[a.pk for a in to_confirm]
-        )
-        transaction.on_commit(lambda: _enqueue_confirmation(confirmation.pk))
+        _queue_email(subscriber, ConsumerEmail.Kind.CONFIRM, [a.pk for a in to_confirm])
     return Outcome.CONFIRMATION_QUEUED
 
 
@@ -202,10 +199,12 @@ def _wording_shown(form: SignupForm, version: int | None) -> ConsentWording:
     return form.current_wording()
 
 
-def _enqueue_confirmation(confirmation_id: int) -> None:
-    from audiences.tasks import send_confirmation
+def _queue_email(subscriber: Subscriber, kind: ConsumerEmail.Kind, audience_ids: list[int]) -> None:
+    """Create the email's row now; send it from a task once the transaction commits."""
+    from audiences.tasks import send_consumer_email
 
-    send_confirmation.delay(confirmation_id)
+    row = ConsumerEmail.objects.create(subscriber=subscriber, kind=kind, audience_ids=audience_ids)
+    transaction.on_commit(lambda: send_consumer_email.delay(row.pk))
 
 
 def _mark_pending(subscriber: Subscriber, audiences: Sequence[Audience], now: Any, source: str) -> list[Audience]:
@@ -281,3 +280,217 @@ def purge_unconfirmed(*, now: Any = None) -> tuple[int, int]:
             subscribers += Subscriber.objects.filter(pk__in=ids).delete()[1].get("audiences.Subscriber", 0)
     subscriptions, _ = Subscription.objects.filter(status=Subscription.Status.PENDING, requested_at__lt=cutoff).delete()
     return subscribers, subscriptions
+
+
+# --- Withdrawal and preferences ---------------------------------------------------
+#
+# Every function below is reached from a link the person holds (their authority)
+# or from the team, locks the subscriber, changes state with conditional bulk
+# updates, and writes its consent event in the same transaction. A call that
+# changes nothing writes nothing, so repeating it is harmless.
+
+
+def _lock(subscriber: Subscriber) -> Subscriber:
+    return Subscriber.objects.select_for_update().select_related("brand").get(pk=subscriber.pk)
+
+
+def _settle_status(subscriber: Subscriber, now: Any) -> None:
+    """Keep the subscriber's status in step with their subscriptions."""
+    has_active = subscriber.subscriptions.filter(status=Subscription.Status.ACTIVE).exists()
+    if subscriber.status == Subscriber.Status.CONFIRMED and not has_active:
+        subscriber.status = Subscriber.Status.UNSUBSCRIBED
+        subscriber.unsubscribed_at = now
+        subscriber.save(update_fields=["status", "unsubscribed_at"])
+    elif subscriber.status == Subscriber.Status.UNSUBSCRIBED and has_active:
+        subscriber.status = Subscriber.Status.CONFIRMED
+        subscriber.save(update_fields=["status"])
+
+
+def unsubscribe(*, subscriber: Subscriber, audience_ids: Sequence[int] | None, evidence: Evidence) -> list[Audience]:
+    """Leave ``audience_ids`` (``None``: everything), active or still pending.
+
+    Returns the audiences actually left; an empty list means nothing changed
+    and no event was written. Takes effect at once: the eligibility queryset
+    excludes the person from the next batch.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        locked = _lock(subscriber)
+        current = locked.subscriptions.select_related("audience").exclude(status=Subscription.Status.INACTIVE)
+        if audience_ids is not None:
+            current = current.filter(audience_id__in=audience_ids)
+        leaving = list(current)
+        if not leaving:
+            return []
+        Subscription.objects.filter(pk__in=[s.pk for s in leaving]).update(
+            status=Subscription.Status.INACTIVE, ended_at=now
+        )
+        _settle_status(locked, now)
+        audiences = [s.audience for s in leaving]
+        record_event(
+            subscriber=locked,
+            kind=ConsentEvent.Kind.UNSUBSCRIBED,
+            evidence=evidence,
+            audiences=audiences,
+            details={"scope": "all" if audience_ids is None else "audiences"},
+        )
+    return audiences
+
+
+def resubscribe(*, subscriber: Subscriber, audience_ids: Sequence[int], evidence: Evidence) -> list[Audience]:
+    """Turn audiences back on from the person's own signed link.
+
+    Only a person who confirmed their address before (confirmed now, or
+    unsubscribed since) can; a pending, blocked or suppressed one cannot, so a
+    stale link never re-enables them. Returns the audiences turned on.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        locked = _lock(subscriber)
+        if locked.status not in {Subscriber.Status.CONFIRMED, Subscriber.Status.UNSUBSCRIBED} or is_suppressed(
+            brand=locked.brand, email=locked.email
+        ):
+            raise ConsentRefused("only a confirmed address can turn audiences back on")
+        joinable = Audience.objects.filter(brand_id=locked.brand_id, pk__in=audience_ids, archived_at__isnull=True)
+        already = set(
+            locked.subscriptions.filter(status=Subscription.Status.ACTIVE).values_list("audience_id", flat=True)
+        )
+        joining = [a for a in joinable.order_by("name") if a.pk not in already]
+        if not joining:
+            return []
+        for audience in joining:
+            Subscription.objects.update_or_create(
+                subscriber=locked,
+                audience=audience,
+                defaults={
+                    "status": Subscription.Status.ACTIVE,
+                    "confirmed_at": now,
+                    "ended_at": None,
+                    "source": evidence.source,
+                },
+                create_defaults={
+                    "status": Subscription.Status.ACTIVE,
+                    "confirmed_at": now,
+                    "requested_at": now,
+                    "source": evidence.source,
+                },
+            )
+        _settle_status(locked, now)
+        record_event(subscriber=locked, kind=ConsentEvent.Kind.RESUBSCRIBED, evidence=evidence, audiences=joining)
+    return joining
+
+
+def update_profile(
+    *, subscriber: Subscriber, evidence: Evidence, name: str, language: str, frequency: str
+) -> dict[str, Any]:
+    """Change name, language and how often the person hears from the brand. Returns what changed."""
+    with transaction.atomic():
+        locked = _lock(subscriber)
+        wanted = {"name": name, "language": language, "frequency": frequency}
+        changed = {field: value for field, value in wanted.items() if getattr(locked, field) != value}
+        if not changed:
+            return {}
+        for field, value in changed.items():
+            setattr(locked, field, value)
+        locked.full_clean(exclude=["brand", "email", "email_hash", "token_secret"], validate_unique=False)
+        locked.save(update_fields=list(changed))
+        record_event(subscriber=locked, kind=ConsentEvent.Kind.PREFERENCES, evidence=evidence, details=changed)
+    return changed
+
+
+def pause(*, subscriber: Subscriber, days: int | None, evidence: Evidence) -> Subscriber:
+    """Pause all mail for ``days`` (30 or 90 from the preference centre); ``None`` resumes."""
+    with transaction.atomic():
+        locked = _lock(subscriber)
+        until = timezone.now() + timedelta(days=days) if days else None
+        if until is None and locked.paused_until is None:
+            return locked
+        locked.paused_until = until
+        locked.save(update_fields=["paused_until"])
+        record_event(
+            subscriber=locked,
+            kind=ConsentEvent.Kind.PAUSED,
+            evidence=evidence,
+            details={"paused_until": until.isoformat() if until else None, "days": days},
+        )
+    return locked
+
+
+def block(*, subscriber: Subscriber, evidence: Evidence, reason: str = Suppression.Reason.BLOCKED) -> Subscriber:
+    """Never contact this address again for this brand ("never contact me", or a team block).
+
+    Ends every subscription, blocks the subscriber and adds the address to the
+    brand's suppression list, so no signup, import or API call can add it back.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        locked = _lock(subscriber)
+        if locked.status == Subscriber.Status.BLOCKED:
+            return locked
+        audiences = [
+            s.audience
+            for s in locked.subscriptions.select_related("audience").exclude(status=Subscription.Status.INACTIVE)
+        ]
+        locked.subscriptions.exclude(status=Subscription.Status.INACTIVE).update(
+            status=Subscription.Status.INACTIVE, ended_at=now
+        )
+        locked.status = Subscriber.Status.BLOCKED
+        locked.blocked_at = now
+        locked.save(update_fields=["status", "blocked_at"])
+        Suppression.objects.get_or_create(
+            brand_id=locked.brand_id, email_hash=locked.email_hash, defaults={"reason": reason}
+        )
+        record_event(
+            subscriber=locked,
+            kind=ConsentEvent.Kind.BLOCKED,
+            evidence=evidence,
+            audiences=audiences,
+            details={"reason": reason},
+        )
+    return locked
+
+
+def erase(*, subscriber: Subscriber, evidence: Evidence) -> Suppression:
+    """Delete the person (GDPR Art. 17): profile, attributes, subscriptions, history, emails.
+
+    What stays is one suppression entry keyed by the sha256 of the normalised
+    address (no address, no name), so no import, API call or signup can add the
+    person again. An existing bounce or complaint suppression keeps its reason.
+    The deletion itself leaves no event: the events are personal data too.
+    """
+    with transaction.atomic():
+        locked = _lock(subscriber)
+        suppression, _ = Suppression.objects.get_or_create(
+            brand_id=locked.brand_id, email_hash=locked.email_hash, defaults={"reason": Suppression.Reason.ERASED}
+        )
+        subscriber_id = locked.pk
+        locked.delete()
+    log.info("erased subscriber %s (actor %s, source %s)", subscriber_id, evidence.actor, evidence.source)
+    return suppression
+
+
+def request_manage_link(*, brand: Brand, email: str) -> bool:
+    """Email a fresh preference-centre link to a known, reachable address.
+
+    Returns whether an email was queued; callers answer the same either way.
+    Limited per address like confirmation emails.
+    """
+    try:
+        address = normalise_email(email)
+    except ValidationError:
+        return False
+    now = timezone.now()
+    with transaction.atomic():
+        subscriber = (
+            Subscriber.objects.select_for_update()
+            .filter(brand=brand, email=address)
+            .exclude(status=Subscriber.Status.BLOCKED)
+            .first()
+        )
+        if subscriber is None or is_suppressed(brand=brand, email=address):
+            return False
+        if _throttled(subscriber, ConsumerEmail.Kind.MANAGE, now):
+            log.warning("manage link throttled: subscriber=%s", subscriber.pk)
+            return False
+        _queue_email(subscriber, ConsumerEmail.Kind.MANAGE, [])
+    return True

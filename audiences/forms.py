@@ -11,7 +11,7 @@ from django.core import signing
 from django.utils.translation import gettext_lazy as _
 
 from audiences.consent import normalise_email
-from audiences.models import Audience, SignupForm
+from audiences.models import Audience, SignupForm, Subscriber
 
 _TS_SALT = "assent.signup.rendered-at"
 _CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
@@ -33,6 +33,14 @@ def stamp_age(form: SignupForm, stamp: str) -> float | None:
     if not isinstance(data, dict) or data.get("f") != form.pk:
         return None
     return time.time() - float(data.get("t", 0))
+
+
+def clean_name(raw: str) -> str:
+    """One line, no control characters: a name can never break a header."""
+    name = " ".join(raw.split())
+    if any(ch in _CONTROL for ch in name):
+        raise forms.ValidationError(_("The name contains characters that are not allowed."))
+    return name
 
 
 class SignupFormForm(forms.Form):
@@ -72,10 +80,7 @@ class SignupFormForm(forms.Form):
         return normalise_email(self.cleaned_data["email"])
 
     def clean_name(self) -> str:
-        name = " ".join(self.cleaned_data.get("name", "").split())
-        if any(ch in _CONTROL for ch in name):
-            raise forms.ValidationError(_("The name contains characters that are not allowed."))
-        return name
+        return clean_name(self.cleaned_data.get("name", ""))
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
@@ -97,3 +102,35 @@ class SignupFormForm(forms.Form):
         if age is None:
             return not cross_origin
         return age < settings.SIGNUP_MIN_FILL_SECONDS
+
+
+class PreferencesForm(forms.Form):
+    """The preference centre's main form: audiences on/off, how often, profile."""
+
+    audiences = forms.ModelMultipleChoiceField(
+        label=_("Your subscriptions"),
+        queryset=Audience.objects.none(),
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+    )
+    frequency = forms.ChoiceField(label=_("How often"), choices=Subscriber.Frequency.choices, widget=forms.RadioSelect)
+    name = forms.CharField(label=_("Name"), max_length=100, required=False)
+    language = forms.ChoiceField(label=_("Language"), choices=settings.LANGUAGES)
+
+    def __init__(self, *args: Any, shown: list[Audience], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shown = shown
+        choices = self.fields["audiences"]
+        assert isinstance(choices, forms.ModelMultipleChoiceField)
+        choices.queryset = Audience.objects.filter(pk__in=[a.pk for a in shown])
+
+    def clean_name(self) -> str:
+        return clean_name(self.cleaned_data.get("name", ""))
+
+
+class ManageLinkForm(forms.Form):
+    email = forms.CharField(
+        label=_("Email address"),
+        max_length=254,
+        widget=forms.EmailInput(attrs={"autocomplete": "email", "inputmode": "email"}),
+    )

@@ -76,6 +76,9 @@ class Audience(models.Model):
     brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="audiences")
     name = models.CharField(_("public name"), max_length=120)
     description = models.TextField(_("public description"), blank=True)
+    is_public = models.BooleanField(
+        _("public"), default=True, help_text=_("Shown in the preference centre for anyone to join.")
+    )
     archived_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -119,6 +122,11 @@ class Subscriber(models.Model):
         UNSUBSCRIBED = "unsubscribed", _("Unsubscribed")
         BLOCKED = "blocked", _("Blocked")
 
+    class Frequency(models.TextChoices):
+        PUBLISHED = "published", _("As published")
+        WEEKLY = "weekly", _("At most weekly")
+        MONTHLY = "monthly", _("At most monthly")
+
     brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="subscribers")
     email = models.EmailField(_("email"), max_length=254)
     # sha256 of the normalised address: joins with Suppression without keeping the address there.
@@ -127,6 +135,7 @@ class Subscriber(models.Model):
     language = models.CharField(_("language"), max_length=8, choices=settings.LANGUAGES, default="en")
     attributes = models.JSONField(_("attributes"), default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    frequency = models.CharField(_("how often"), max_length=10, choices=Frequency.choices, default=Frequency.PUBLISHED)
     source = models.CharField(max_length=16, blank=True)
     # Rotating this secret invalidates every link ever sent to the person.
     token_secret = models.CharField(max_length=64, default=new_token_secret, editable=False)
@@ -245,6 +254,7 @@ class ConsentEvent(models.Model):
         UNSUBSCRIBED = "unsubscribed", _("Unsubscribed")
         RESUBSCRIBED = "resubscribed", _("Resubscribed")
         PREFERENCES = "preferences", _("Preferences changed")
+        PAUSED = "paused", _("Paused")
         BLOCKED = "blocked", _("Blocked")
 
     class Actor(models.TextChoices):
@@ -260,6 +270,7 @@ class ConsentEvent(models.Model):
         IMPORT = "import", _("Import")
         EMAIL_LINK = "email_link", _("Link in an email")
         ONE_CLICK = "one_click", _("One-click unsubscribe")
+        PREFERENCE_CENTRE = "preferences", _("Preference centre")
         DASHBOARD = "dashboard", _("Dashboard")
         WEBHOOK = "webhook", _("Provider webhook")
         SYSTEM = "system", _("System")
@@ -298,11 +309,13 @@ class ConsentEvent(models.Model):
         super().save(*args, **kwargs)
 
 
-class ConfirmationRequest(models.Model):
-    """One confirmation email to send (or refused): the unit of work for the task.
+class ConsumerEmail(models.Model):
+    """An email a consumer asked for (a confirmation or a manage link): the task's unit of
+    work, and the record behind the per-address limits."""
 
-    Also the record behind the per-address limits (one per 10 minutes, a few a day).
-    """
+    class Kind(models.TextChoices):
+        CONFIRM = "confirm", _("Confirmation request")
+        MANAGE = "manage", _("Manage link")
 
     class Status(models.TextChoices):
         QUEUED = "queued", _("Queued")
@@ -311,18 +324,19 @@ class ConfirmationRequest(models.Model):
         SKIPPED = "skipped", _("Skipped")
         FAILED = "failed", _("Failed")
 
-    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="confirmation_requests")
-    audience_ids = models.JSONField(default=list)
+    subscriber = models.ForeignKey(Subscriber, on_delete=models.CASCADE, related_name="consumer_emails")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.CONFIRM)
+    audience_ids = models.JSONField(default=list, blank=True)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     sent_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["subscriber", "created_at"], name="confirmreq_subscriber_created")]
+        indexes = [models.Index(fields=["subscriber", "kind", "created_at"], name="consumeremail_sub_kind_created")]
 
     def __str__(self) -> str:
-        return f"confirmation {self.pk} for {self.subscriber_id} ({self.status})"
+        return f"{self.kind} email {self.pk} for {self.subscriber_id} ({self.status})"
 
 
 class Suppression(models.Model):

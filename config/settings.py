@@ -183,6 +183,8 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # --- Consent, signup and anti-abuse ---------------------------------------------
 
 CONFIRM_LINK_DAYS = env_int("CONFIRM_LINK_DAYS", 7, minimum=1)
+# Manage and unsubscribe links work this long after the message that carried them (CASL: at least 60).
+MANAGE_LINK_DAYS = env_int("MANAGE_LINK_DAYS", 90, minimum=60)
 PENDING_PURGE_DAYS = env_int("PENDING_PURGE_DAYS", 30, minimum=1)
 CONFIRMATION_MIN_INTERVAL_MINUTES = env_int("CONFIRMATION_MIN_INTERVAL_MINUTES", 10)
 CONFIRMATION_DAILY_CAP = env_int("CONFIRMATION_DAILY_CAP", 3, minimum=1)

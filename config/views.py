@@ -49,7 +49,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_GET
 def robots(request: HttpRequest) -> HttpResponse:
     # Personal links (confirmation, preferences) are never for crawlers.
-    return HttpResponse("User-agent: *\nDisallow: /c/\nDisallow: /admin/\n", content_type="text/plain")
+    return HttpResponse(
+        "User-agent: *\nDisallow: /c/\nDisallow: /u/\nDisallow: /p/\nDisallow: /admin/\n", content_type="text/plain"
+    )
 
 
 @require_GET

@@ -14,8 +14,8 @@ from audiences import consent
 from audiences.consent import Evidence, Outcome
 from audiences.models import (
     Audience,
-    ConfirmationRequest,
     ConsentEvent,
+    ConsumerEmail,
     SignupForm,
     Subscriber,
     Subscription,
@@ -63,7 +63,7 @@ def test_it_creates_a_pending_subscriber_and_sends_one_confirmation(
     assert message.from_email == "Acme Tea <news@acme.example>"
     assert "Weekly news" in message.body
     assert "nothing more will arrive" in message.body
-    assert ConfirmationRequest.objects.get().status == ConfirmationRequest.Status.SENT
+    assert ConsumerEmail.objects.get().status == ConsumerEmail.Status.SENT
 
 
 def test_it_records_the_wording_version_the_person_was_shown(
@@ -121,7 +121,7 @@ def test_a_confirmed_subscriber_asking_for_more_gets_a_confirmation_for_just_tho
     subscriber = Subscriber.objects.get()
     confirm_all(subscriber)
     mail.outbox.clear()
-    ConfirmationRequest.objects.update(created_at=timezone.now() - timedelta(hours=1))
+    ConsumerEmail.objects.update(created_at=timezone.now() - timedelta(hours=1))
     with on_commit():
         assert request(signup_form, [news, offers]) == Outcome.CONFIRMATION_QUEUED
     [message] = mail.outbox
@@ -154,10 +154,10 @@ def test_it_throttles_confirmation_emails_per_address(
     with on_commit():
         assert request(signup_form, [news]) == Outcome.CONFIRMATION_QUEUED
         assert request(signup_form, [news]) == Outcome.THROTTLED  # within 10 minutes
-    ConfirmationRequest.objects.update(created_at=timezone.now() - timedelta(minutes=11))
+    ConsumerEmail.objects.update(created_at=timezone.now() - timedelta(minutes=11))
     with on_commit():
         assert request(signup_form, [news]) == Outcome.CONFIRMATION_QUEUED
-    ConfirmationRequest.objects.update(created_at=timezone.now() - timedelta(minutes=11))
+    ConsumerEmail.objects.update(created_at=timezone.now() - timedelta(minutes=11))
     with on_commit():
         assert request(signup_form, [news]) == Outcome.THROTTLED  # daily cap of 2
     assert len(mail.outbox) == 2
@@ -174,7 +174,7 @@ def test_an_unsubscribed_person_needs_a_new_double_opt_in(
     confirm_all(subscriber)
     Subscriber.objects.update(status=Subscriber.Status.UNSUBSCRIBED)
     Subscription.objects.update(status=Subscription.Status.INACTIVE)
-    ConfirmationRequest.objects.update(created_at=timezone.now() - timedelta(hours=1))
+    ConsumerEmail.objects.update(created_at=timezone.now() - timedelta(hours=1))
     mail.outbox.clear()
     with on_commit():
         assert request(signup_form, [news]) == Outcome.CONFIRMATION_QUEUED
@@ -241,7 +241,7 @@ def test_purge_deletes_old_unconfirmed_requests_with_their_personal_data(
         request(signup_form, [news], email="kept@example.com")
     kept = Subscriber.objects.get(email="kept@example.com")
     confirm_all(kept)
-    ConfirmationRequest.objects.update(created_at=timezone.now() - timedelta(hours=1))
+    ConsumerEmail.objects.update(created_at=timezone.now() - timedelta(hours=1))
     with on_commit():
         request(signup_form, [offers], email="kept@example.com")  # a new pending audience
     long_ago = timezone.now() - timedelta(days=31)
@@ -254,7 +254,7 @@ def test_purge_deletes_old_unconfirmed_requests_with_their_personal_data(
 
     assert set(Subscriber.objects.values_list("email", flat=True)) == {"fresh@example.com", "kept@example.com"}
     assert not ConsentEvent.objects.filter(subscriber__email="old@example.com").exists()
-    assert not ConfirmationRequest.objects.filter(subscriber__email="old@example.com").exists()
+    assert not ConsumerEmail.objects.filter(subscriber__email="old@example.com").exists()
     assert dict(kept.subscriptions.values_list("audience__name", "status")) == {"Weekly news": "active"}
 
 
@@ -272,7 +272,9 @@ def test_the_database_refuses_updates_to_consent_events(
     assert ConsentEvent.objects.get().kind == ConsentEvent.Kind.REQUESTED
 
 
-def test_deleting_a_team_member_keeps_the_events_they_recorded(signup_form: SignupForm, news: Audience, owner: Any) -> None:
+def test_deleting_a_team_member_keeps_the_events_they_recorded(
+    signup_form: SignupForm, news: Audience, owner: Any
+) -> None:
     team = Evidence(actor=ConsentEvent.Actor.TEAM, source=ConsentEvent.Source.DASHBOARD, actor_user=owner)
     consent.request_subscription(form=signup_form, email="gus@example.com", audiences=[news], evidence=team)
     owner.delete()

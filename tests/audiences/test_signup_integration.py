@@ -86,7 +86,7 @@ def test_the_worker_retries_a_451_from_the_mail_server_and_then_delivers(
     real_stack: Any, signup_form: SignupForm, mail_server: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     from audiences import consent
-    from audiences.models import ConfirmationRequest
+    from audiences.models import ConsumerEmail
 
     mail_server.replies.append("451 4.3.0 Mailbox busy, try again later")
     consent.request_subscription(
@@ -98,10 +98,10 @@ def test_the_worker_retries_a_451_from_the_mail_server_and_then_delivers(
     [message] = mail_server.wait_for(1, timeout=30)
     assert message["To"] == "frank@example.com"
     assert mail_server.replies == []  # the 451 was answered first
-    request = ConfirmationRequest.objects.get()
+    request = ConsumerEmail.objects.get()
     for _ in range(50):
         request.refresh_from_db()
-        if request.status == ConfirmationRequest.Status.SENT:
+        if request.status == ConsumerEmail.Status.SENT:
             break
         time.sleep(0.1)
-    assert request.status == ConfirmationRequest.Status.SENT
+    assert request.status == ConsumerEmail.Status.SENT

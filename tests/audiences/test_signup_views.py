@@ -13,7 +13,7 @@ from django.utils import timezone
 from audiences import consent
 from audiences.consent import Evidence
 from audiences.forms import render_stamp
-from audiences.models import ConfirmationRequest, ConsentEvent, SignupForm, Subscriber, Suppression, email_hash
+from audiences.models import ConsentEvent, ConsumerEmail, SignupForm, Subscriber, Suppression, email_hash
 from tests.conftest import signup_data
 
 EVIDENCE = Evidence(actor=ConsentEvent.Actor.CONSUMER, source=ConsentEvent.Source.FORM)
@@ -118,7 +118,7 @@ def _state(signup_form: SignupForm, state: str) -> None:
     audiences = list(signup_form.audiences.order_by("name"))
     consent.request_subscription(form=signup_form, email="dana@example.com", audiences=audiences[:1], evidence=EVIDENCE)
     subscriber = Subscriber.objects.get()
-    ConfirmationRequest.objects.update(created_at=timezone.now() - timedelta(hours=1))
+    ConsumerEmail.objects.update(created_at=timezone.now() - timedelta(hours=1))
     if state == "pending":
         return
     consent.confirm(subscriber=subscriber, audience_ids=[audiences[0].pk], evidence=EVIDENCE)

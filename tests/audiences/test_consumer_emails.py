@@ -9,19 +9,19 @@ import pytest
 from django.core import mail
 from django.core.mail import EmailMultiAlternatives
 
-from audiences import confirmation, consent, tasks
+from audiences import consent, consumer_emails, tasks
 from audiences.consent import Evidence
-from audiences.models import Audience, ConfirmationRequest, ConsentEvent, SignupForm, Subscriber
+from audiences.models import Audience, ConsentEvent, ConsumerEmail, SignupForm, Subscriber
 from tests.mailserver import MailServer
 
 EVIDENCE = Evidence(actor=ConsentEvent.Actor.CONSUMER, source=ConsentEvent.Source.FORM)
 
 
 @pytest.fixture
-def queued(signup_form: SignupForm, news: Audience) -> ConfirmationRequest:
+def queued(signup_form: SignupForm, news: Audience) -> ConsumerEmail:
     """A confirmation request whose task has not run yet (on_commit callbacks are not executed)."""
     consent.request_subscription(form=signup_form, email="dana@example.com", audiences=[news], evidence=EVIDENCE)
-    return ConfirmationRequest.objects.get()
+    return ConsumerEmail.objects.get()
 
 
 @pytest.fixture
@@ -33,17 +33,17 @@ def smtp(mail_server: MailServer, settings: Any) -> MailServer:
     return mail_server
 
 
-def test_running_the_task_twice_sends_one_email(queued: ConfirmationRequest) -> None:
-    tasks.send_confirmation.delay(queued.pk)
-    tasks.send_confirmation.delay(queued.pk)
+def test_running_the_task_twice_sends_one_email(queued: ConsumerEmail) -> None:
+    tasks.send_consumer_email.delay(queued.pk)
+    tasks.send_consumer_email.delay(queued.pk)
     assert len(mail.outbox) == 1
     queued.refresh_from_db()
-    assert queued.status == ConfirmationRequest.Status.SENT
+    assert queued.status == ConsumerEmail.Status.SENT
     assert queued.sent_at is not None
 
 
-def test_the_email_carries_a_working_confirm_link_and_a_brand_message_id(queued: ConfirmationRequest) -> None:
-    tasks.send_confirmation.delay(queued.pk)
+def test_the_email_carries_a_working_confirm_link_and_a_brand_message_id(queued: ConsumerEmail) -> None:
+    tasks.send_consumer_email.delay(queued.pk)
     [message] = mail.outbox
     assert isinstance(message, EmailMultiAlternatives)
     html = str(message.alternatives[0][0])
@@ -54,30 +54,30 @@ def test_the_email_carries_a_working_confirm_link_and_a_brand_message_id(queued:
     assert message.reply_to == ["help@acme.example"]
 
 
-def test_a_person_blocked_before_sending_gets_nothing(queued: ConfirmationRequest) -> None:
+def test_a_person_blocked_before_sending_gets_nothing(queued: ConsumerEmail) -> None:
     Subscriber.objects.update(status=Subscriber.Status.BLOCKED)
-    tasks.send_confirmation.delay(queued.pk)
+    tasks.send_consumer_email.delay(queued.pk)
     assert mail.outbox == []
     queued.refresh_from_db()
-    assert (queued.status, queued.error) == (ConfirmationRequest.Status.SKIPPED, "blocked")
+    assert (queued.status, queued.error) == (ConsumerEmail.Status.SKIPPED, "blocked")
 
 
 def test_a_transient_smtp_failure_puts_the_request_back_and_a_retry_sends_it(
-    queued: ConfirmationRequest, smtp: MailServer
+    queued: ConsumerEmail, smtp: MailServer
 ) -> None:
     smtp.replies.append("451 4.3.0 Try again later")
     with pytest.raises(smtplib.SMTPDataError):
-        confirmation.send_confirmation(request_id=queued.pk)
+        consumer_emails.send(email_id=queued.pk)
     queued.refresh_from_db()
-    assert queued.status == ConfirmationRequest.Status.QUEUED
-    assert confirmation.send_confirmation(request_id=queued.pk) == ConfirmationRequest.Status.SENT
+    assert queued.status == ConsumerEmail.Status.QUEUED
+    assert consumer_emails.send(email_id=queued.pk) == ConsumerEmail.Status.SENT
     assert len(smtp.messages) == 1
 
 
-def test_a_permanent_smtp_failure_is_recorded(queued: ConfirmationRequest, smtp: MailServer) -> None:
+def test_a_permanent_smtp_failure_is_recorded(queued: ConsumerEmail, smtp: MailServer) -> None:
     smtp.replies.append("550 5.1.1 No such user")
-    assert tasks.send_confirmation.apply(args=(queued.pk,)).get() == "failed"
+    assert tasks.send_consumer_email.apply(args=(queued.pk,)).get() == "failed"
     queued.refresh_from_db()
-    assert queued.status == ConfirmationRequest.Status.FAILED
+    assert queued.status == ConsumerEmail.Status.FAILED
     assert "550" in queued.error
     assert smtp.messages == []

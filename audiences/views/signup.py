@@ -32,7 +32,7 @@ def _signup_form(brand_slug: str, form_slug: str) -> SignupForm:
     )
 
 
-def _evidence(request: HttpRequest, source: ConsentEvent.Source) -> consent.Evidence:
+def evidence_from(request: HttpRequest, source: ConsentEvent.Source) -> consent.Evidence:
     return consent.Evidence(
         actor=ConsentEvent.Actor.CONSUMER,
         source=source,
@@ -127,7 +127,7 @@ def signup(request: HttpRequest, brand_slug: str, form_slug: str) -> HttpRespons
             name=bound.cleaned_data.get("name", ""),
             audiences=bound.cleaned_data["audiences"],
             wording_version=bound.cleaned_data.get("wording_version"),
-            evidence=_evidence(request, source),
+            evidence=evidence_from(request, source),
         )
         log.info("signup form=%s outcome=%s", form.pk, outcome)
     return HttpResponseRedirect(_thanks_url(form, embed=embed), status=303)
@@ -184,7 +184,7 @@ def confirm(request: HttpRequest, token: str) -> HttpResponse:
             outcome = consent.confirm(
                 subscriber=subscriber,
                 audience_ids=audience_ids,
-                evidence=_evidence(request, ConsentEvent.Source.EMAIL_LINK),
+                evidence=evidence_from(request, ConsentEvent.Source.EMAIL_LINK),
             )
         except consent.ConsentRefused:
             return render(request, "audiences/confirm_refused.html", context, status=409)
