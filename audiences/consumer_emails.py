@@ -81,6 +81,8 @@ def _confirmation(row: ConsumerEmail, subscriber: Subscriber) -> EmailMultiAlter
             "audience_names": [a.name for a in audiences],
             "confirm_url": links.make_url(links.Purpose.CONFIRM, subscriber, a=row.audience_ids, r=row.pk),
             "expiry_days": settings.CONFIRM_LINK_DAYS,
+            "manage_url": links.manage_url(subscriber),
+            "unsubscribe_url": links.unsubscribe_url(subscriber, audiences),
         },
         headers=links.unsubscribe_headers(subscriber, audiences),
     )

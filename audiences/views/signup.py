@@ -103,7 +103,10 @@ def signup(request: HttpRequest, brand_slug: str, form_slug: str) -> HttpRespons
         return _render_signup(request, form, None, embed=False)
 
     origin = request.headers.get("Origin", "").rstrip("/")
-    cross_origin = bool(origin) and origin != settings.SITE_ORIGIN
+    # Our own origins: SITE_URL's, and the one this request was served on
+    # (a host ALLOWED_HOSTS accepted, e.g. localhost next to 127.0.0.1).
+    own = {settings.SITE_ORIGIN, f"{request.scheme}://{request.get_host()}"}
+    cross_origin = bool(origin) and origin not in own
     if cross_origin and origin not in form.origins:
         log.warning("signup refused: origin %r not allowed for form %s", origin, form.pk)
         return render(request, "audiences/origin_refused.html", {"brand": form.brand, "origin": origin}, status=403)

@@ -248,3 +248,14 @@ def test_the_embed_snippet_posts_to_the_hosted_endpoint_on_site_url(signup_form:
     assert "Yes, email me what I ticked." in snippet
     assert "checked" not in snippet
     assert 'src="https://assent.example/s/acme/newsletter/embed/"' in iframe_snippet(signup_form)
+
+
+def test_a_post_from_the_host_the_page_was_served_on_is_same_origin(
+    client: Client, url: str, signup_form: SignupForm
+) -> None:
+    # SITE_URL says 127.0.0.1, the person opened localhost: still our own form.
+    response = post(
+        client, url, signup_data(signup_form), HTTP_HOST="localhost:8000", HTTP_ORIGIN="http://localhost:8000"
+    )
+    assert response.status_code == 303
+    assert ConsentEvent.objects.get().source == ConsentEvent.Source.FORM
