@@ -34,6 +34,46 @@ def brand_sender(brand: Brand) -> str:
     return formataddr((_single_line(brand.from_name), brand.from_email))
 
 
+def to_payload(message: EmailMultiAlternatives) -> dict[str, Any]:
+    """A JSON-safe form of a built message, for sending it from a task."""
+    return {
+        "subject": message.subject,
+        "body": message.body,
+        "from_email": message.from_email,
+        "to": list(message.to),
+        "reply_to": list(message.reply_to),
+        "headers": dict(message.extra_headers),
+        "alternatives": [[str(content), mimetype] for content, mimetype in message.alternatives],
+    }
+
+
+def from_payload(payload: dict[str, Any]) -> EmailMultiAlternatives:
+    message = EmailMultiAlternatives(
+        subject=payload["subject"],
+        body=payload["body"],
+        from_email=payload["from_email"],
+        to=payload["to"],
+        reply_to=payload["reply_to"] or None,
+        headers=payload["headers"],
+    )
+    for content, mimetype in payload["alternatives"]:
+        message.attach_alternative(content, mimetype)
+    return message
+
+
+def send_later(message: EmailMultiAlternatives) -> None:
+    """Send a team/account email from a worker once the current transaction commits.
+
+    A mail server that is down then costs a retry, not an error page.
+    """
+    from django.db import transaction
+
+    from audiences.tasks import send_prepared_email
+
+    payload = to_payload(message)
+    transaction.on_commit(lambda: send_prepared_email.delay(payload))
+
+
 def make_message(
     name: str,
     *,

@@ -43,6 +43,13 @@ class Brand(models.Model):
         default=3,
         help_text=_("At most this many campaign messages per subscriber per 7 days."),
     )
+    allowed_origins = models.TextField(
+        _("allowed embedding origins"),
+        blank=True,
+        help_text=_(
+            "One origin per line (e.g. https://www.example.com) allowed to embed and post all of this brand's forms."
+        ),
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
@@ -216,7 +223,9 @@ class SignupForm(models.Model):
 
     @property
     def origins(self) -> list[str]:
-        return [line.strip().rstrip("/") for line in self.allowed_origins.splitlines() if line.strip()]
+        """Origins allowed to embed and post this form: the brand's, then the form's own."""
+        lines = [*self.brand.allowed_origins.splitlines(), *self.allowed_origins.splitlines()]
+        return list(dict.fromkeys(line.strip().rstrip("/") for line in lines if line.strip()))
 
     def current_wording(self) -> ConsentWording:
         wording = self.wordings.order_by("-version").first()
@@ -298,7 +307,10 @@ class ConsentEvent(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["subscriber", "created_at"], name="consentevent_subscriber")]
+        indexes = [
+            models.Index(fields=["subscriber", "created_at"], name="consentevent_subscriber"),
+            models.Index(fields=["brand", "kind", "created_at"], name="consentevent_brand_kind"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.subscriber_id} {self.created_at:%Y-%m-%d %H:%M}"
@@ -362,3 +374,51 @@ class Suppression(models.Model):
 
     def __str__(self) -> str:
         return f"{self.brand.slug}:{self.email_hash[:12]} ({self.reason})"
+
+
+class Invitation(models.Model):
+    """An owner's invitation for someone to join the brand's team with a role."""
+
+    brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField(_("email"))
+    role = models.CharField(max_length=10, choices=Membership.Role.choices, default=Membership.Role.EDITOR)
+    # Only a hash of the token is stored; the token itself travels in the email.
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.email} → {self.brand} ({self.role})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.accepted_at is None and self.revoked_at is None and self.expires_at > timezone.now()
+
+
+class AuditEvent(models.Model):
+    """Who on the team did what, when: shown to owners."""
+
+    brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="audit_events")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    # Kept even if the user is deleted later.
+    user_email = models.CharField(max_length=254, blank=True)
+    action = models.CharField(max_length=64)
+    target = models.CharField(max_length=255, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["brand", "-created_at"], name="auditevent_brand_created")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.user_email} {self.action} {self.target}"

@@ -10,6 +10,7 @@ from celery.app.task import Task
 from django.conf import settings
 
 from audiences import consent, consumer_emails
+from audiences.emails import from_payload
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,24 @@ def send_consumer_email(self: Task, email_id: int) -> str:
             raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
         consumer_emails.mark_failed(email_id=email_id, error=repr(exc))
         return "failed"
+
+
+@shared_task(bind=True, max_retries=MAX_RETRIES, acks_late=True)
+def send_prepared_email(self: Task, payload: dict[str, object]) -> None:
+    """Send an account or team email (verification, password reset, invitation).
+
+    These are not consent messages: they go to team members at their request.
+    """
+    try:
+        from_payload(payload).send()
+    except smtplib.SMTPResponseException as exc:
+        if 400 <= exc.smtp_code < 500 and self.request.retries < MAX_RETRIES:
+            raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+        log.error("account email to %s failed: %s", payload.get("to"), exc)
+    except OSError as exc:
+        if self.request.retries < MAX_RETRIES:
+            raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+        log.error("account email to %s failed: %s", payload.get("to"), exc)
 
 
 @shared_task

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
+from audiences.views.dashboard import home, team
 from config import views
 
 urlpatterns = [
@@ -11,6 +12,10 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("robots.txt", views.robots, name="robots"),
     path("admin/", admin.site.urls),
+    path("accounts/", include("allauth.urls")),
+    path("dashboard/", home.picker, name="dashboard"),
+    path("invite/<str:token>/", team.invitation, name="invitation"),
+    path("b/<slug:brand_slug>/", include("audiences.dashboard_urls")),
     path("", include("audiences.urls")),
 ]
 

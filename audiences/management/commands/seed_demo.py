@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
@@ -70,6 +71,7 @@ class Command(BaseCommand):
         site = settings.SITE_URL
         self.stdout.write(self.style.SUCCESS("Demo brand ready."))
         self.stdout.write(f"  Signup form:  {site}{reverse('audiences:signup', args=[brand.slug, form.slug])}")
+        self.stdout.write(f"  Dashboard:    {site}{reverse('dash:home', args=[brand.slug])}")
         self.stdout.write(f"  Admin:        {site}{reverse('admin:index')}")
         self.stdout.write(f"  Login:        {DEMO_EMAIL} / {password}")
         if settings.DEBUG and settings.DEV_OUTBOX_ENABLED:
@@ -83,4 +85,5 @@ class Command(BaseCommand):
         user.is_superuser = True
         user.set_password(password)
         user.save()
+        EmailAddress.objects.update_or_create(user=user, email=DEMO_EMAIL, defaults={"verified": True, "primary": True})
         return user

@@ -1,0 +1,45 @@
+"""Template context for dashboard pages: the brand, the member's role, the navigation."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+
+from audiences.access import RANK, Role, current_user
+from audiences.models import Membership
+
+# (url name, label, lowest role that sees it)
+NAV = [
+    ("dash:team", _("Team"), Role.OWNER),
+    ("dash:settings", _("Settings"), Role.OWNER),
+    ("dash:audit", _("Audit log"), Role.OWNER),
+]
+
+
+def _nav(request: HttpRequest, rank: int) -> list[tuple[str, str, bool]]:
+    slug = request.brand.slug  # type: ignore[attr-defined]
+    home = reverse("dash:home", args=[slug])
+    items = [(home, str(_("Overview")), request.path == home)]
+    for name, label, role in NAV:
+        if rank >= RANK[role]:
+            url = reverse(name, args=[slug])
+            items.append((url, str(label), request.path.startswith(url)))
+    return items
+
+
+def dashboard(request: HttpRequest) -> dict[str, object]:
+    membership = getattr(request, "membership", None)
+    if membership is None:
+        return {}
+    rank = RANK[Role(membership.role)]
+    return {
+        "brand": request.brand,  # type: ignore[attr-defined]
+        "membership": membership,
+        "can_edit": rank >= RANK[Role.EDITOR],
+        "is_owner": rank >= RANK[Role.OWNER],
+        "dash_nav": _nav(request, rank),
+        "user_memberships": Membership.objects.filter(user=current_user(request))
+        .select_related("brand")
+        .order_by("brand__name"),
+    }
