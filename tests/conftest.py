@@ -56,6 +56,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit("Not reachable: " + "; ".join(missing) + ". Start them or point the variables elsewhere.", 2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hashing() -> None:
+    # Real hashing costs ~0.3 s per login or user; tests don't need its strength.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(autouse=True)
 def _eager_tasks_and_clean_cache() -> Iterator[None]:
     celery_app.conf.task_always_eager = True
