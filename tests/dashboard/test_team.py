@@ -14,7 +14,6 @@ from django.test import Client
 from audiences import team
 from audiences.models import AuditEvent, Brand, Invitation, Membership
 
-
 NEW_ACCOUNT = {"email": "x@example.com", "password1": "pw-long-enough-1", "password2": "pw-long-enough-1"}
 
 
