@@ -130,7 +130,7 @@ class SignupFormAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: SignupForm, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        set_wording(form=obj, text=form.cleaned_data["wording_text"])
+        set_wording(form=obj, text=form.cleaned_data["wording_text"], user=request.user)  # type: ignore[arg-type]
 
 
 class SubscriptionInline(admin.TabularInline):

@@ -11,6 +11,11 @@ from audiences.models import Membership
 
 # (url name, label, lowest role that sees it)
 NAV = [
+    ("dash:audiences", _("Audiences"), Role.VIEWER),
+    ("dash:forms", _("Forms"), Role.VIEWER),
+    ("dash:subscribers", _("Subscribers"), Role.VIEWER),
+    ("dash:campaigns", _("Campaigns"), Role.VIEWER),
+    ("dash:imports", _("Imports"), Role.EDITOR),
     ("dash:team", _("Team"), Role.OWNER),
     ("dash:settings", _("Settings"), Role.OWNER),
     ("dash:audit", _("Audit log"), Role.OWNER),

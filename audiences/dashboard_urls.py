@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from audiences.views.dashboard import home, team
+from audiences.views.dashboard import home, imports, lists, subscribers, team
+from campaigns import urls as campaign_urls
 
 app_name = "dash"
 
 urlpatterns = [
     *home.urlpatterns,
     *team.urlpatterns,
+    *lists.urlpatterns,
+    *subscribers.urlpatterns,
+    *imports.urlpatterns,
+    *campaign_urls.urlpatterns,
 ]

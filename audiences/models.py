@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import zoneinfo
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+
+
+def validate_time_zone(value: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(_("%(value)s is not a time zone like Europe/Berlin."), params={"value": value}) from exc
 
 
 def new_token_secret() -> str:
@@ -38,6 +49,13 @@ class Brand(models.Model):
     )
     privacy_url = models.URLField(_("privacy policy URL"), blank=True)
     default_language = models.CharField(_("default language"), max_length=8, choices=settings.LANGUAGES, default="en")
+    time_zone = models.CharField(
+        _("time zone"),
+        max_length=64,
+        default="UTC",
+        validators=[validate_time_zone],
+        help_text=_("Campaign schedules are entered in this time zone, e.g. Europe/Berlin."),
+    )
     frequency_limit = models.PositiveIntegerField(
         _("frequency limit"),
         default=3,
@@ -98,25 +116,52 @@ class Audience(models.Model):
 
 
 class SubscriberQuerySet(models.QuerySet["Subscriber"]):
-    def eligible(self, *, audience_ids: list[int]) -> SubscriberQuerySet:
+    def eligible(
+        self, *, audience_ids: list[int], campaign_id: int | None = None, now: datetime | None = None
+    ) -> SubscriberQuerySet:
         """THE definition of who may be sent a message about these audiences, now.
 
         Confirmed, with an active subscription to at least one of the audiences,
-        not paused, and whose address is not on the brand's suppression list.
+        not paused, whose address is not on the brand's suppression list, and
+        under both frequency limits: the brand's (at most N campaign messages
+        per 7 days) and the person's own (as published, at most weekly, at
+        most monthly), counting messages other than ``campaign_id``'s.
         Used when planning recipients and again, per batch, right before sending.
         """
-        now = timezone.now()
+        from campaigns.models import Delivery
+
+        now = now or timezone.now()
         active = Subscription.objects.filter(
             subscriber=models.OuterRef("pk"), audience_id__in=audience_ids, status=Subscription.Status.ACTIVE
         )
         suppressed = Suppression.objects.filter(
             brand=models.OuterRef("brand"), email_hash=models.OuterRef("email_hash")
         )
+
+        def sent_since(days: int) -> Coalesce:
+            recent = (
+                Delivery.objects.filter(subscriber=models.OuterRef("pk"), sent_at__gte=now - timedelta(days=days))
+                .exclude(campaign_id=campaign_id or 0)
+                .order_by()
+                .values("subscriber")
+                .annotate(n=models.Count("*"))
+                .values("n")
+            )
+            return Coalesce(models.Subquery(recent, output_field=models.IntegerField()), 0)
+
+        frequency = Subscriber.Frequency
         return (
             self.filter(status=Subscriber.Status.CONFIRMED)
             .filter(models.Q(paused_until__isnull=True) | models.Q(paused_until__lte=now))
             .filter(models.Exists(active))
             .exclude(models.Exists(suppressed))
+            .alias(sent_7d=sent_since(7), sent_30d=sent_since(30))
+            .filter(sent_7d__lt=models.F("brand__frequency_limit"))
+            .filter(
+                models.Q(frequency=frequency.PUBLISHED)
+                | models.Q(frequency=frequency.WEEKLY, sent_7d=0)
+                | models.Q(frequency=frequency.MONTHLY, sent_30d=0)
+            )
         )
 
 
@@ -160,6 +205,8 @@ class Subscriber(models.Model):
         indexes = [
             models.Index(fields=["brand", "status"], name="subscriber_brand_status"),
             models.Index(fields=["status", "created_at"], name="subscriber_status_created"),
+            # The dashboard's list: newest first, keyset-paginated by (created_at, id).
+            models.Index(fields=["brand", "created_at", "id"], name="subscriber_brand_created"),
         ]
 
     def __str__(self) -> str:
@@ -422,3 +469,124 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.user_email} {self.action} {self.target}"
+
+
+def import_storage() -> Any:
+    """Where uploaded CSV files live: ``IMPORT_DIR``, else ``VAR_DIR/imports``.
+
+    A callable, so the migration does not freeze a path. Workers read the same
+    files: on several hosts, point ``IMPORT_DIR`` at shared storage.
+    """
+    import os
+
+    from django.core.files.storage import FileSystemStorage
+
+    class ImportStorage(FileSystemStorage):
+        # Read when used, not when models load, so a changed setting (tests, the bench) applies.
+        @property
+        def base_location(self) -> str:
+            return str(getattr(settings, "IMPORT_DIR", settings.VAR_DIR / "imports"))
+
+        @property
+        def location(self) -> str:
+            return os.path.abspath(self.base_location)
+
+    return ImportStorage()
+
+
+def import_upload_to(instance: ImportJob, filename: str) -> str:
+    # Never a name the uploader chose: the original one is kept in ``file_name``.
+    return f"{instance.brand_id}/{secrets.token_hex(16)}.csv"
+
+
+class ImportJob(models.Model):
+    """A CSV file imported into a brand's audiences: its mapping, consent basis and progress.
+
+    Changes only through ``audiences/imports.py``; the task claims a queued job,
+    processes it in chunks and advances ``processed_rows`` after each chunk.
+    """
+
+    class Status(models.TextChoices):
+        UPLOADED = "uploaded", _("Uploaded")
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
+
+    class Basis(models.TextChoices):
+        COLUMN = "column", _("A column with each person's double-opt-in confirmation time")
+        ATTESTATION = "attestation", _("An attestation for the whole file")
+        NONE = "none", _("No proof of opt-in: add everyone as pending")
+
+    brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="import_jobs")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    file = models.FileField(upload_to=import_upload_to, storage=import_storage, max_length=200)
+    file_name = models.CharField(max_length=255)
+    file_size = models.PositiveBigIntegerField(default=0)
+    file_sha256 = models.CharField(max_length=64, blank=True)
+    encoding = models.CharField(max_length=16, default="utf-8")
+    delimiter = models.CharField(max_length=1, default=",")
+    header = models.JSONField(default=list)
+    total_rows = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.UPLOADED)
+    # {"email": 0, "name": 1, "language": null, "confirmed_at": 3, "attributes": [4, 5]}: column indexes.
+    mapping = models.JSONField(default=dict, blank=True)
+    audiences = models.ManyToManyField(Audience, related_name="+", blank=True)
+    basis = models.CharField(max_length=12, choices=Basis.choices, blank=True)
+    consent_source = models.CharField(max_length=255, blank=True)
+    attested_on = models.DateField(null=True, blank=True)
+    attestation_wording = models.TextField(blank=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # A run holds the job while its heartbeat is fresh; ``attempt`` fences off a run that lost it.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempt = models.PositiveIntegerField(default=0)
+    processed_rows = models.PositiveIntegerField(default=0)
+    counts = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    confirmations_requested_at = models.DateTimeField(null=True, blank=True)
+    confirmations_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    confirmations_queued = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["brand", "status"], name="importjob_brand_status")]
+
+    def __str__(self) -> str:
+        return f"{self.file_name} → {self.brand} ({self.status})"
+
+
+class ImportIssue(models.Model):
+    """One row of an import that was not imported as given, and why: the job's report."""
+
+    class Reason(models.TextChoices):
+        INVALID_EMAIL = "invalid_email", _("Not a valid email address")
+        DUPLICATE = "duplicate", _("Appears earlier in the file")
+        UNKNOWN_LANGUAGE = "unknown_language", _("Unknown language")
+        TOO_LONG = "too_long", _("A value is too long")
+        FIELD_COUNT = "field_count", _("Wrong number of fields")
+        SUPPRESSED = "suppressed", _("Suppressed address (bounce, complaint or the team's list)")
+        BLOCKED = "blocked", _("Blocked: never to be contacted again")
+        ERASED = "erased", _("Erased at the person's request")
+        UNSUBSCRIBED = "unsubscribed", _("Unsubscribed: not added back")
+        BAD_TIME = "bad_time", _("Confirmation time not understood: added as pending")
+
+    job = models.ForeignKey(ImportJob, on_delete=models.CASCADE, related_name="issues")
+    line = models.PositiveIntegerField()
+    # As written in the file (the team's own data), so the report can name the row.
+    email = models.CharField(max_length=254, blank=True)
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    detail = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["job", "line", "id"]
+        indexes = [models.Index(fields=["job", "line"], name="importissue_job_line")]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}:{self.line} {self.reason}"

@@ -71,3 +71,27 @@ def purge_unconfirmed() -> tuple[int, int]:
 
 def _backoff(retries: int) -> int:
     return int(min(settings.EMAIL_RETRY_BACKOFF_SECONDS * 2**retries, 600))
+
+
+@shared_task(bind=True, max_retries=MAX_RETRIES, acks_late=True)
+def run_import(self: Task, job_id: int) -> str:
+    """Run (or resume) a CSV import; safe to run twice, as the job is claimed first.
+
+    A lost database connection is retried with backoff (the job resumes after
+    its last committed chunk); any other error, or the last retry, fails the job.
+    """
+    # Imported here so this appended task leaves the module's import block alone.
+    from django.db import InterfaceError, OperationalError
+
+    from audiences import imports
+
+    try:
+        return imports.run(job_id=job_id)
+    except (OperationalError, InterfaceError) as exc:
+        if self.request.retries < MAX_RETRIES:
+            raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+        imports.mark_failed(job_id=job_id, error=repr(exc))
+        return "failed"
+    except Exception as exc:
+        imports.mark_failed(job_id=job_id, error=repr(exc))
+        raise

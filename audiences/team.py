@@ -33,6 +33,7 @@ BRAND_SETTINGS = [
     "postal_address",
     "privacy_url",
     "default_language",
+    "time_zone",
     "frequency_limit",
     "allowed_origins",
 ]

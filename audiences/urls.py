@@ -15,4 +15,5 @@ urlpatterns = [
     path("p/<str:token>/", preferences.preferences, name="preferences"),
     path("p/<str:token>/<slug:action>/", preferences.preferences_confirmed, name="preferences_confirmed"),
     path("m/<slug:brand_slug>/", preferences.manage_request, name="manage_request"),
+    path("m/<slug:brand_slug>/sent/", preferences.manage_sent, name="manage_sent"),
 ]

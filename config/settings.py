@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
-from django.utils.translation import gettext_lazy as _
 
 from config.env import env_bool, env_int, env_list, env_required, env_str, parse_email_url
 
@@ -159,7 +158,20 @@ CELERY_BEAT_SCHEDULE = {
         "task": "audiences.tasks.purge_unconfirmed",
         "schedule": 3600.0,
     },
+    "reconcile-deliveries": {
+        "task": "campaigns.tasks.reconcile_deliveries",
+        "schedule": float(env_int("DELIVERY_RECONCILE_SECONDS", 15, minimum=1)),
+    },
 }
+
+# --- Campaign delivery ---------------------------------------------------------------
+
+DELIVERY_BATCH_SIZE = env_int("DELIVERY_BATCH_SIZE", 200, minimum=1)
+# A worker that dies holding a batch loses its lease after this long; the reconciler re-queues it.
+DELIVERY_LEASE_SECONDS = env_int("DELIVERY_LEASE_SECONDS", 120, minimum=5)
+DELIVERY_MAX_ATTEMPTS = env_int("DELIVERY_MAX_ATTEMPTS", 5, minimum=1)
+# Parallel chains of batch tasks per campaign (one per worker process is plenty).
+DELIVERY_PARALLEL = env_int("DELIVERY_PARALLEL", 2, minimum=1)
 
 # --- Email --------------------------------------------------------------------
 
@@ -251,7 +263,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en"
-LANGUAGES = [("en", _("English")), ("de", _("German"))]
+# Each language is named in itself, so a reader finds theirs whatever the page's language.
+LANGUAGES = [("en", "English"), ("de", "Deutsch")]
 LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True

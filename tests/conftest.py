@@ -175,16 +175,7 @@ def celery_worker_process(
     import redis
 
     redis.Redis.from_url(broker).flushdb()
-    db = settings.DATABASES["default"]
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "EMAIL_URL": f"smtp://127.0.0.1:{mail_server.port}?timeout=10",
-        "SITE_URL": live_server.url,
-        "CELERY_TASK_ALWAYS_EAGER": "false",
-        "EMAIL_RETRY_BACKOFF_SECONDS": "1",
-        "ASSENT_VAR_DIR": str(tmp_path_factory.mktemp("worker-var")),
-    }
+    env = worker_env(site_url=live_server.url, mail_server=mail_server, var_dir=tmp_path_factory.mktemp("worker-var"))
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     log = log_path.open("wb")
     process = subprocess.Popen(
@@ -202,6 +193,21 @@ def celery_worker_process(
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
+
+
+def worker_env(*, site_url: str, mail_server: MailServer, var_dir: Path, **overrides: str) -> dict[str, str]:
+    """The environment of a test worker process: the test database and SMTP server, tasks through the broker."""
+    db = settings.DATABASES["default"]
+    return {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "EMAIL_URL": f"smtp://127.0.0.1:{mail_server.port}?timeout=10",
+        "SITE_URL": site_url,
+        "CELERY_TASK_ALWAYS_EAGER": "false",
+        "EMAIL_RETRY_BACKOFF_SECONDS": "1",
+        "ASSENT_VAR_DIR": str(var_dir),
+        **overrides,
+    }
 
 
 def _wait_for_worker(process: subprocess.Popen[bytes], log_path: Path, timeout: float = 45) -> None:

@@ -1,21 +1,29 @@
 """A real SMTP server for tests: aiosmtpd in a thread, messages kept in memory.
 
 It can be told to answer the next messages with a chosen reply (451, 550, …)
-to exercise retries and permanent failures.
+to exercise retries and permanent failures, to answer a given recipient with a
+script of replies (or drop the connection instead of answering), and to take a
+little time per message, like a real server does.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
 import threading
 import time
+from collections import Counter
 from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope, Session
+
+# In ``MailServer.answers``: close the connection at the end of DATA without answering,
+# as a server that crashes or a network that fails mid-message does.
+DROP = "DROP"
 
 
 def free_port() -> int:
@@ -29,12 +37,18 @@ class _Handler:
         self.server = server
 
     async def handle_DATA(self, smtp: Any, session: Session, envelope: Envelope) -> str:
+        if self.server.delay:
+            await asyncio.sleep(self.server.delay)  # yields: other connections go on meanwhile
         with self.server.lock:
-            if self.server.replies:
-                return self.server.replies.pop(0)
-            message = email.message_from_bytes(envelope.original_content or b"", policy=email.policy.default)
-            assert isinstance(message, EmailMessage)
-            self.server.messages.append(message)
+            reply = self.server._scripted(list(envelope.rcpt_tos))
+            if reply == DROP:
+                # abort(), not close(): close() would still flush the reply we return below.
+                smtp.transport.abort()
+                return "421 4.4.2 Connection dropped"
+            if reply:
+                return reply
+            # Parsed when a test reads ``messages``: parsing here would slow every answer down.
+            self.server._raw.append(envelope.original_content or b"")
             self.server.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 OK"
 
@@ -43,9 +57,15 @@ class MailServer:
     def __init__(self) -> None:
         self.port = free_port()
         self.lock = threading.Lock()
-        self.messages: list[EmailMessage] = []
+        self._raw: list[bytes] = []
+        self._parsed: list[EmailMessage] = []
         self.envelopes: list[tuple[str | None, list[str]]] = []
+        # Replies for the next messages, whoever they are for ("451 4.3.0 Busy", …).
         self.replies: list[str] = []
+        # Replies for the next messages to one recipient, before any in ``replies``; DROP drops the connection.
+        self.answers: dict[str, list[str]] = {}
+        # Seconds to wait before answering each message.
+        self.delay = 0.0
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
 
     def start(self) -> None:
@@ -54,17 +74,46 @@ class MailServer:
     def stop(self) -> None:
         self._controller.stop()
 
+    @property
+    def messages(self) -> list[EmailMessage]:
+        """The accepted messages, parsed, oldest first."""
+        with self.lock:
+            for raw in self._raw[len(self._parsed) :]:
+                message = email.message_from_bytes(raw, policy=email.policy.default)
+                assert isinstance(message, EmailMessage)
+                self._parsed.append(message)
+            return list(self._parsed)
+
     def clear(self) -> None:
         with self.lock:
-            self.messages.clear()
+            self._raw.clear()
+            self._parsed.clear()
             self.envelopes.clear()
             self.replies.clear()
+            self.answers.clear()
+            self.delay = 0.0
+
+    def _scripted(self, recipients: list[str]) -> str | None:
+        """The reply chosen for this message, if any (call with the lock held)."""
+        for address in recipients:
+            script = self.answers.get(address.lower())
+            if script:
+                return script.pop(0)
+        if self.replies:
+            return self.replies.pop(0)
+        return None
+
+    def received(self) -> Counter[str]:
+        """How many accepted messages each recipient address got."""
+        with self.lock:
+            return Counter(address.lower() for _, recipients in self.envelopes for address in recipients)
 
     def wait_for(self, count: int, timeout: float = 30) -> list[EmailMessage]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
-                if len(self.messages) >= count:
-                    return list(self.messages)
+                arrived = len(self._raw)
+            if arrived >= count:
+                return self.messages
             time.sleep(0.05)
-        raise AssertionError(f"expected {count} message(s) within {timeout}s, got {len(self.messages)}")
+        raise AssertionError(f"expected {count} message(s) within {timeout}s, got {len(self._raw)}")

@@ -17,6 +17,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
+from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -54,6 +55,7 @@ def _shown_audiences(subscriber: Subscriber) -> list[Audience]:
 # --- Unsubscribe ------------------------------------------------------------------
 
 
+@never_cache
 @csrf_exempt  # RFC 8058: mailbox providers POST with no cookie, session or CSRF token.
 @require_http_methods(["GET", "POST"])
 def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
@@ -89,15 +91,21 @@ def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
             return HttpResponseBadRequest(
                 "Expected List-Unsubscribe=One-Click or scope=list|all.\n", content_type="text/plain"
             )
-        consent.unsubscribe(
+        left = consent.unsubscribe(
             subscriber=subscriber,
             audience_ids=None if scope == "all" else scoped,
             evidence=evidence_from(request, ConsentEvent.Source.EMAIL_LINK),
         )
+        everything = scope == "all" or scoped is None
         return render(
             request,
             "audiences/preferences/unsubscribed.html",
-            {**context, "everything": scope == "all" or scoped is None, "manage_url": links.manage_url(subscriber)},
+            {
+                **context,
+                "audiences": left or audiences,  # repeated: what the link was about
+                "everything": everything,
+                "manage_url": links.manage_url(subscriber),
+            },
         )
 
 
@@ -173,6 +181,7 @@ def _export(subscriber: Subscriber) -> HttpResponse:
     return response
 
 
+@never_cache
 @require_http_methods(["GET", "POST"])
 def preferences(request: HttpRequest, token: str) -> HttpResponse:
     try:
@@ -210,6 +219,7 @@ def preferences(request: HttpRequest, token: str) -> HttpResponse:
     return HttpResponseRedirect(f"{url}?saved={action}", status=303)
 
 
+@never_cache
 @require_http_methods(["POST"])
 def preferences_confirmed(request: HttpRequest, token: str, action: str) -> HttpResponse:
     """The second step of "never contact me again" and "delete me"."""
@@ -251,4 +261,11 @@ def manage_request(request: HttpRequest, brand_slug: str) -> HttpResponse:
             consent.request_manage_link(brand=brand, email=form.cleaned_data["email"])
         else:
             log.warning("manage link refused: rate limit ip=%s", ip)
+    return HttpResponseRedirect(reverse("audiences:manage_sent", kwargs={"brand_slug": brand.slug}), status=303)
+
+
+@require_http_methods(["GET"])
+def manage_sent(request: HttpRequest, brand_slug: str) -> HttpResponse:
+    brand = get_object_or_404(Brand, slug=brand_slug)
+    with translation.override(brand.default_language):
         return render(request, "audiences/preferences/manage_sent.html", {"brand": brand})

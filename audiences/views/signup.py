@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDi
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.utils import translation
+from django.views.decorators.cache import never_cache
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
@@ -27,8 +28,12 @@ log = logging.getLogger(__name__)
 
 
 def _signup_form(brand_slug: str, form_slug: str) -> SignupForm:
+    """An active form that still offers at least one live audience, or 404."""
     return get_object_or_404(
-        SignupForm.objects.select_related("brand"), brand__slug=brand_slug, slug=form_slug, is_active=True
+        SignupForm.objects.select_related("brand").filter(audiences__archived_at__isnull=True).distinct(),
+        brand__slug=brand_slug,
+        slug=form_slug,
+        is_active=True,
     )
 
 
@@ -169,6 +174,7 @@ def _link_error(request: HttpRequest, token: str, *, expired: bool) -> HttpRespo
     )
 
 
+@never_cache
 @require_http_methods(["GET", "POST"])
 def confirm(request: HttpRequest, token: str) -> HttpResponse:
     """GET shows one button and changes nothing (scanners fetch links); POST confirms."""

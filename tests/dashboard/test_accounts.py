@@ -58,7 +58,7 @@ def test_an_unverified_address_cannot_log_in_until_verified(client: Client, memb
         response = login(client, member.email)
     assert response["Location"] == "/accounts/confirm-email/"
     assert "_auth_user_id" not in client.session
-    link = re.search(r"(/accounts/confirm-email/[^/\s]+/)", mail.outbox[-1].body)
+    link = re.search(r"(/accounts/confirm-email/[^/\s]+/)", str(mail.outbox[-1].body))
     assert link
     assert client.get(link.group(1)).status_code == 200  # GET shows a button; it does not verify
     assert not EmailAddress.objects.get(user=member).verified
@@ -69,7 +69,7 @@ def test_an_unverified_address_cannot_log_in_until_verified(client: Client, memb
 def test_password_reset(client: Client, member: User, mails: Any) -> None:
     with mails():
         client.post("/accounts/password/reset/", {"email": member.email})
-    link = re.search(r"http://[^/]+(/accounts/password/reset/key/\S+/)", mail.outbox[-1].body)
+    link = re.search(r"http://[^/]+(/accounts/password/reset/key/\S+/)", str(mail.outbox[-1].body))
     assert link
     form_url = client.get(link.group(1))["Location"]
     client.post(form_url, {"password1": "another-long-pass-7", "password2": "another-long-pass-7"})

@@ -34,7 +34,7 @@ def _invite(client: Client, owner: User, mails: Any, email: str = "new@acme.exam
     with mails():
         response = client.post("/b/acme/team/", {"email": email, "role": role})
     assert response.status_code == 302
-    match = re.search(r"(/invite/[^/\s]+/)", mail.outbox[-1].body)
+    match = re.search(r"(/invite/[^/\s]+/)", str(mail.outbox[-1].body))
     assert match
     return match.group(1)
 
@@ -61,7 +61,7 @@ def test_an_owner_invites_and_the_invitee_signs_up_verifies_and_joins(
         )
     user = User.objects.get(email="new@acme.example")
     assert not Membership.objects.filter(user=user).exists()
-    verify = re.search(r"(/accounts/confirm-email/[^/\s]+/)", mail.outbox[-1].body)
+    verify = re.search(r"(/accounts/confirm-email/[^/\s]+/)", str(mail.outbox[-1].body))
     assert verify, mail.outbox[-1].body
     client.post(verify.group(1))
     assert EmailAddress.objects.get(user=user).verified
@@ -148,6 +148,7 @@ def test_brand_settings(client: Client, owner: User, brand: Brand) -> None:
         "postal_address": "1 Leaf Lane",
         "privacy_url": "https://acme.example/privacy",
         "default_language": "de",
+        "time_zone": "Europe/Berlin",
         "frequency_limit": 2,
         "allowed_origins": "https://www.acme.example/\nhttps://shop.acme.example",
     }

@@ -40,6 +40,7 @@ class Command(BaseCommand):
                     "reply_to": "support@demo.example",
                     "postal_address": "Demo Coffee Roasters, 1 Bean Street, 10115 Berlin, Germany",
                     "privacy_url": "https://demo.example/privacy",
+                    "time_zone": "Europe/Berlin",
                 },
             )
             news, _ = Audience.objects.get_or_create(

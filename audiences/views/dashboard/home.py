@@ -13,7 +13,7 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from audiences import team
+from audiences import imports, team
 from audiences.access import brand_view, current_user
 from audiences.charts import Series, daily_bars
 from audiences.models import ConsentEvent, Membership, Subscriber
@@ -74,6 +74,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         "totals": (sum(confirmed.values()), sum(left.values())),
         "statuses": statuses,
         "recent": recent,
+        "jobs": imports.running(brand=brand),
     }
     return render(request, "dashboard/overview.html", context)
 

@@ -19,6 +19,7 @@ from audiences import team
 from audiences.access import Role, brand_view, current_user, get_for_brand
 from audiences.accounts import INVITATION_SESSION_KEY
 from audiences.models import AuditEvent, Brand, Invitation, Membership
+from audiences.signup_forms import parse_origins
 
 
 class InviteForm(forms.Form):
@@ -40,16 +41,7 @@ class BrandSettingsForm(forms.ModelForm):
         }
 
     def clean_allowed_origins(self) -> str:
-        from urllib.parse import urlsplit
-
-        lines = [line.strip().rstrip("/") for line in self.cleaned_data["allowed_origins"].splitlines() if line.strip()]
-        for line in lines:
-            parts = urlsplit(line)
-            if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path or parts.query:
-                raise forms.ValidationError(
-                    _("%(line)s is not an origin like https://www.example.com") % {"line": line}
-                )
-        return "\n".join(lines)
+        return "\n".join(parse_origins(self.cleaned_data["allowed_origins"]))
 
 
 @brand_view(Role.OWNER)
