@@ -165,8 +165,19 @@ def mail_server() -> Iterator[MailServer]:
 
 
 @pytest.fixture(scope="session")
+def worker_var_dir(tmp_path_factory: Any) -> Path:
+    """The test worker's ``VAR_DIR``; the live server stores uploads there too, as one host would."""
+    return Path(tmp_path_factory.mktemp("worker-var"))
+
+
+@pytest.fixture(scope="session")
 def celery_worker_process(
-    django_db_setup: None, django_db_blocker: Any, live_server: Any, mail_server: MailServer, tmp_path_factory: Any
+    django_db_setup: None,
+    django_db_blocker: Any,
+    live_server: Any,
+    mail_server: MailServer,
+    tmp_path_factory: Any,
+    worker_var_dir: Path,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``celery worker`` process on Redis, the test database and the test SMTP server."""
     broker = os.environ.get("CELERY_BROKER_URL", "")
@@ -175,7 +186,7 @@ def celery_worker_process(
     import redis
 
     redis.Redis.from_url(broker).flushdb()
-    env = worker_env(site_url=live_server.url, mail_server=mail_server, var_dir=tmp_path_factory.mktemp("worker-var"))
+    env = worker_env(site_url=live_server.url, mail_server=mail_server, var_dir=worker_var_dir)
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     log = log_path.open("wb")
     process = subprocess.Popen(
@@ -223,9 +234,15 @@ def _wait_for_worker(process: subprocess.Popen[bytes], log_path: Path, timeout: 
 
 @pytest.fixture
 def real_stack(
-    transactional_db: None, live_server: Any, celery_worker_process: Any, mail_server: MailServer, settings: Any
+    transactional_db: None,
+    live_server: Any,
+    celery_worker_process: Any,
+    mail_server: MailServer,
+    settings: Any,
+    worker_var_dir: Path,
 ) -> Iterator[Any]:
     """Live server + worker + SMTP, with tasks going through the broker, links built on the live server."""
+    settings.IMPORT_DIR = worker_var_dir / "imports"
     settings.SITE_URL = live_server.url
     settings.SITE_ORIGIN = live_server.url
     settings.SIGNUP_MIN_FILL_SECONDS = 1
