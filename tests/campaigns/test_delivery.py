@@ -224,3 +224,23 @@ def test_progress_counts(
     send_now(campaign, owner, django_capture_on_commit_callbacks)
     figures = delivery.progress(Campaign.objects.get(pk=campaign.pk))
     assert (figures["total"], figures["sent"], figures["remaining"], figures["percent"]) == (2, 2, 0, 100)
+
+
+def test_the_reconciler_never_finishes_a_campaign_that_is_still_planning(
+    campaign: Campaign, people: list[Subscriber]
+) -> None:
+    # The start committed "sending" and is still planning (planned_at not yet set).
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.SENDING, heartbeat_at=timezone.now())
+    assert delivery.reconcile()["finished"] == 0
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.SENDING
+
+
+def test_the_reconciler_plans_a_start_that_died_while_planning(campaign: Campaign, people: list[Subscriber]) -> None:
+    long_ago = timezone.now() - timedelta(hours=1)
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.SENDING, heartbeat_at=long_ago)
+    mail.outbox.clear()
+    assert delivery.reconcile()["restarted"] == 1  # plans, then the (eager) batches send
+    assert len(mail.outbox) == 2
+    campaign.refresh_from_db()
+    assert campaign.planned_at is not None
