@@ -83,6 +83,8 @@ def _confirmation(row: ConsumerEmail, subscriber: Subscriber) -> EmailMultiAlter
             "expiry_days": settings.CONFIRM_LINK_DAYS,
             "manage_url": links.manage_url(subscriber),
             "unsubscribe_url": links.unsubscribe_url(subscriber, audiences),
+            # The brand asks (an import without proof of opt-in), rather than the person having asked.
+            "brand_asked": all(s.source == "import" for s in pending),
         },
         headers=links.unsubscribe_headers(subscriber, audiences),
     )

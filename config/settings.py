@@ -198,6 +198,12 @@ EMAIL_TIMEOUT = EMAIL.timeout
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Assent <noreply@localhost>") or ""
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
+# --- Imports ---------------------------------------------------------------------------
+
+# Uploaded CSV files; web and worker processes must share it (shared storage on several hosts).
+IMPORT_DIR = Path(env_str("IMPORT_DIR", str(VAR_DIR / "imports")) or VAR_DIR / "imports")
+IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 200 * 1024 * 1024, minimum=1024)
+
 # --- Consent, signup and anti-abuse ---------------------------------------------
 
 CONFIRM_LINK_DAYS = env_int("CONFIRM_LINK_DAYS", 7, minimum=1)

@@ -63,6 +63,11 @@ def _fast_password_hashing() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _uploads_in_a_temporary_folder(tmp_path: Path, settings: Any) -> None:
+    settings.IMPORT_DIR = tmp_path / "imports"
+
+
+@pytest.fixture(autouse=True)
 def _eager_tasks_and_clean_cache() -> Iterator[None]:
     celery_app.conf.task_always_eager = True
     celery_app.conf.task_eager_propagates = True
