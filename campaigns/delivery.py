@@ -194,6 +194,12 @@ def plan(campaign: Campaign, chunk: int = 50_000) -> int:
                 [campaign.pk, DStatus.QUEUED, now, *params],
             )
             total += max(cursor.rowcount, 0)
+    if connection.vendor == "postgresql" and total:
+        # Fresh planner statistics for the rows just inserted. Until autovacuum gets round to it the
+        # planner guesses, and the per-batch eligibility re-check took ~0.7 s instead of ~5 ms at
+        # 1,000,000 recipients (JIT-compiled, a scan of every subscription; bench/send.py).
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {table}")
     Campaign.objects.filter(pk=campaign.pk).update(planned_at=timezone.now())
     return total
 
