@@ -312,6 +312,8 @@ class ConsentEvent(models.Model):
         PREFERENCES = "preferences", _("Preferences changed")
         PAUSED = "paused", _("Paused")
         BLOCKED = "blocked", _("Blocked")
+        # A bounce or complaint suppression ends only with the person's own new double opt-in.
+        UNBLOCKED = "unblocked", _("Suppression lifted by a new opt-in")
 
     class Actor(models.TextChoices):
         CONSUMER = "consumer", _("Consumer")
@@ -329,6 +331,7 @@ class ConsentEvent(models.Model):
         PREFERENCE_CENTRE = "preferences", _("Preference centre")
         DASHBOARD = "dashboard", _("Dashboard")
         WEBHOOK = "webhook", _("Provider webhook")
+        MAILBOX = "mailbox", _("Bounce mailbox")
         SYSTEM = "system", _("System")
 
     brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="consent_events")
@@ -403,6 +406,7 @@ class Suppression(models.Model):
 
     class Reason(models.TextChoices):
         HARD_BOUNCE = "hard_bounce", _("Hard bounce")
+        SOFT_BOUNCE = "soft_bounce", _("Repeated soft bounces")
         COMPLAINT = "complaint", _("Complaint")
         BLOCKED = "blocked", _("Blocked")
         ERASED = "erased", _("Erased at the person's request")

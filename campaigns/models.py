@@ -84,7 +84,9 @@ class Delivery(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     lease_until = models.DateTimeField(null=True, blank=True)
     retry_at = models.DateTimeField(null=True, blank=True)
+    # Our Message-ID header; provider_id is the id an email provider (anymail) gave the message.
     message_id = models.CharField(max_length=255, blank=True)
+    provider_id = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     sent_at = models.DateTimeField(null=True, blank=True)
 
@@ -96,6 +98,9 @@ class Delivery(models.Model):
             models.Index(fields=["campaign", "status", "id"], name="delivery_campaign_status"),
             models.Index(fields=["subscriber", "sent_at"], name="delivery_subscriber_sent"),
             models.Index(fields=["status", "lease_until"], name="delivery_status_lease"),
+            # Provider events and bounce reports name a message; these find its delivery.
+            models.Index(fields=["message_id"], name="delivery_message_id", condition=~models.Q(message_id="")),
+            models.Index(fields=["provider_id"], name="delivery_provider_id", condition=~models.Q(provider_id="")),
         ]
 
     def __str__(self) -> str:
@@ -103,22 +108,45 @@ class Delivery(models.Model):
 
 
 class DeliveryEvent(models.Model):
-    """What happened to a delivery after it left: from providers, bounces, clicks."""
+    """Something a provider or a bounce report said about a message after it left.
+
+    Written by the webhook's signal handler or the bounce-mailbox reader exactly
+    as reported (``event_type`` … ``description``), deduplicated by (provider,
+    event_id); ``campaigns/bounces.py`` then classifies it (``kind``), links the
+    delivery and subscriber, and acts on it (``processed_at``).
+    """
 
     class Kind(models.TextChoices):
+        UNPROCESSED = "", _("Not processed yet")
         DELIVERED = "delivered", _("Delivered")
-        BOUNCED = "bounced", _("Bounced")
-        COMPLAINED = "complained", _("Complained")
+        BOUNCED = "bounced", _("Hard bounce")
+        SOFT_BOUNCE = "soft_bounce", _("Soft bounce")
+        POLICY = "policy", _("Refused by policy")
+        COMPLAINED = "complained", _("Complaint")
         OPENED = "opened", _("Opened")
         CLICKED = "clicked", _("Clicked")
         UNSUBSCRIBED = "unsubscribed", _("Unsubscribed")
+        OTHER = "other", _("Other")
 
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="events")
-    kind = models.CharField(max_length=12, choices=Kind.choices)
+    delivery = models.ForeignKey(Delivery, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    brand = models.ForeignKey(Brand, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    subscriber = models.ForeignKey(Subscriber, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
     provider = models.CharField(max_length=40, blank=True)
     event_id = models.CharField(max_length=255, blank=True)
+    # As reported: anymail's normalised event type (bounced, deferred, rejected, complained, …).
+    event_type = models.CharField(max_length=20, blank=True)
+    reject_reason = models.CharField(max_length=20, blank=True)
+    # The enhanced status code (RFC 3463), e.g. "5.1.1", when the report gives one.
+    smtp_status = models.CharField(max_length=16, blank=True)
+    description = models.CharField(max_length=1000, blank=True)
+    message_id = models.CharField(max_length=255, blank=True)
+    # The id the provider gave the message (anymail's message_id), or a VERP token.
+    provider_message_id = models.CharField(max_length=255, blank=True)
+    occurred_at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=12, choices=Kind.choices, blank=True, default=Kind.UNPROCESSED)
     details = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    processed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -128,6 +156,64 @@ class DeliveryEvent(models.Model):
                 name="deliveryevent_unique_provider_event",
             )
         ]
+        indexes = [
+            models.Index(fields=["subscriber", "occurred_at"], name="deliveryevent_sub_occurred"),
+            models.Index(fields=["brand", "kind", "occurred_at"], name="deliveryevent_brand_kind"),
+        ]
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.delivery_id}"
+        return f"{self.provider} {self.event_type} → {self.kind or 'unprocessed'}"
+
+
+class SendingDay(models.Model):
+    """Per brand and day (in the brand's time zone): messages sent, bounces and complaints.
+
+    Counted as it happens (a batch adds its sent count, processing adds each
+    bounce or complaint), so the daily rates are a row read, not a scan.
+    """
+
+    brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="sending_days")
+    day = models.DateField()
+    sent = models.PositiveIntegerField(default=0)
+    delivered = models.PositiveIntegerField(default=0)
+    hard_bounces = models.PositiveIntegerField(default=0)
+    soft_bounces = models.PositiveIntegerField(default=0)
+    complaints = models.PositiveIntegerField(default=0)
+    policy_failures = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-day"]
+        constraints = [models.UniqueConstraint(fields=["brand", "day"], name="sendingday_unique_brand_day")]
+
+    def __str__(self) -> str:
+        return f"{self.brand_id} {self.day}: {self.sent} sent"
+
+
+class SendingAlert(models.Model):
+    """The brand's complaint rate crossed a threshold: a warning, or a stop until an owner acknowledges."""
+
+    class Level(models.TextChoices):
+        WARNING = "warning", _("Warning")
+        STOP = "stop", _("Sending stopped")
+
+    brand = models.ForeignKey(Brand, on_delete=models.CASCADE, related_name="sending_alerts")
+    level = models.CharField(max_length=8, choices=Level.choices)
+    day = models.DateField()
+    complaint_rate = models.FloatField()
+    bounce_rate = models.FloatField()
+    sent = models.PositiveIntegerField()
+    complaints = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["brand", "day", "level"], name="sendingalert_unique_brand_day_level")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.brand_id} {self.level} {self.day} ({self.complaint_rate:.2%})"

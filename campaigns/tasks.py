@@ -40,3 +40,11 @@ def reconcile_deliveries() -> dict[str, int]:
     if any(stats.values()):
         log.info("reconciled deliveries: %s", stats)
     return stats
+
+
+@shared_task(acks_late=True)
+def process_delivery_event(event_id: int) -> str:
+    """Classify and act on one recorded provider event (idempotent: a processed event is left alone)."""
+    from campaigns import bounces
+
+    return bounces.process(event_id)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int, env_list, env_required, env_str, parse_email_url
+from config.env import env_bool, env_float, env_int, env_list, env_required, env_str, parse_email_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("ASSENT_VAR_DIR", str(BASE_DIR / "var")) or BASE_DIR / "var")
@@ -197,6 +197,20 @@ EMAIL_USE_SSL = EMAIL.use_ssl
 EMAIL_TIMEOUT = EMAIL.timeout
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Assent <noreply@localhost>") or ""
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+# --- Bounces and complaints (campaigns/bounces.py) -----------------------------------
+
+# Plain SMTP: the envelope sender becomes a per-delivery VERP address on this mailbox's domain,
+# e.g. bounces+d123.ab12cd34ef@mail.example.com; empty: the sender address, no VERP.
+BOUNCE_ADDRESS = env_str("BOUNCE_ADDRESS", "") or ""
+if BOUNCE_ADDRESS and "@" not in BOUNCE_ADDRESS.strip("@"):
+    raise ImproperlyConfigured(f"BOUNCE_ADDRESS={BOUNCE_ADDRESS!r} is not an email address")
+# Soft bounces suppress an address after this many in a row spanning at least this many days.
+SOFT_BOUNCE_LIMIT = env_int("SOFT_BOUNCE_LIMIT", 3, minimum=1)
+SOFT_BOUNCE_DAYS = env_int("SOFT_BOUNCE_DAYS", 14, minimum=0)
+# A brand's daily complaint rate: above the first, owners are warned; at the second, sending stops.
+COMPLAINT_WARN_RATE = env_float("COMPLAINT_WARN_RATE", 0.001)
+COMPLAINT_STOP_RATE = env_float("COMPLAINT_STOP_RATE", 0.003)
 
 # --- Imports ---------------------------------------------------------------------------
 
