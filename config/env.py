@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -88,7 +89,11 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class EmailConfig:
-    """What ``EMAIL_URL`` resolves to: a Django email backend and its options."""
+    """What ``EMAIL_URL`` resolves to: a Django email backend and its options.
+
+    ``esp`` names the anymail provider (``amazon_ses``, ``postmark``, …) and
+    ``anymail`` holds its part of the ``ANYMAIL`` settings; both are empty for SMTP.
+    """
 
     backend: str
     host: str = ""
@@ -99,25 +104,47 @@ class EmailConfig:
     use_ssl: bool = False
     timeout: int = 30
     options: dict[str, str] = field(default_factory=dict)
+    esp: str = ""
+    anymail: dict[str, Any] = field(default_factory=dict)
 
 
 _SMTP_SCHEMES = {"smtp": (25, False, False), "submission": (587, True, False), "smtps": (465, False, True)}
+# URL scheme -> anymail's ESP name (its backend module and settings prefix).
+_ESP_SCHEMES = {
+    "ses": "amazon_ses",
+    "amazon-ses": "amazon_ses",
+    "postmark": "postmark",
+    "sendgrid": "sendgrid",
+    "mailgun": "mailgun",
+    "brevo": "brevo",
+}
+_MAILGUN_API_URLS = {"us": "https://api.mailgun.net/v3", "eu": "https://api.eu.mailgun.net/v3"}
+_SCHEMES_HELP = "smtp://, submission://, smtps://, console://, " + ", ".join(f"{s}://" for s in _ESP_SCHEMES)
 
 
 def parse_email_url(url: str) -> EmailConfig:
-    """Parse ``smtp://user:pass@host:port``, ``submission://`` (STARTTLS), ``smtps://`` (TLS).
+    """Parse ``EMAIL_URL``: plain SMTP, the console, or an email provider through django-anymail.
 
-    ``?timeout=N`` sets the socket timeout; ``console://`` prints mail to stdout.
+    - ``smtp://user:pass@host:port``, ``submission://`` (STARTTLS, port 587),
+      ``smtps://`` (TLS, port 465); ``?timeout=N`` sets the socket timeout.
+    - ``console://`` prints mail to stdout.
+    - ``ses://KEY_ID:SECRET@?region=eu-west-1`` (or ``amazon-ses://``; without
+      credentials boto3 finds its own, e.g. an instance role), ``postmark://TOKEN@``,
+      ``sendgrid://API_KEY@``, ``mailgun://API_KEY@sender.domain?region=eu``,
+      ``brevo://API_KEY@``. Credentials are percent-encoded (``/`` as ``%2F``).
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    try:
+        query = {key: values[-1] for key, values in parse_qs(parts.query, strict_parsing=bool(parts.query)).items()}
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"EMAIL_URL has a malformed query string: {exc}") from exc
     if scheme == "console":
         return EmailConfig(backend="django.core.mail.backends.console.EmailBackend")
+    if scheme in _ESP_SCHEMES:
+        return _esp_config(_ESP_SCHEMES[scheme], parts, query)
     if scheme not in _SMTP_SCHEMES:
-        raise ImproperlyConfigured(
-            f"EMAIL_URL scheme {scheme!r} is not supported; use smtp://, submission:// or smtps://"
-        )
+        raise ImproperlyConfigured(f"EMAIL_URL scheme {scheme!r} is not supported; use {_SCHEMES_HELP}")
     if not parts.hostname:
         raise ImproperlyConfigured("EMAIL_URL needs a host, e.g. smtp://mail.example.com:25")
     default_port, use_tls, use_ssl = _SMTP_SCHEMES[scheme]
@@ -137,3 +164,74 @@ def parse_email_url(url: str) -> EmailConfig:
         timeout=timeout,
         options=query,
     )
+
+
+def _esp_config(esp: str, parts: SplitResult, query: dict[str, str]) -> EmailConfig:
+    """The anymail backend and ``ANYMAIL`` settings for one provider's ``EMAIL_URL``."""
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"EMAIL_URL for {scheme}:// is malformed: {exc}") from exc
+    if port is not None or parts.path.strip("/"):
+        raise ImproperlyConfigured(f"EMAIL_URL for {scheme}:// takes no port or path; see the README")
+    prefix = esp.upper()
+    if esp == "amazon_ses":
+        anymail = _ses_settings(parts, query)
+    elif esp == "mailgun":
+        _only_options(scheme, query, {"region"})
+        region = query.get("region", "us").lower()
+        if region not in _MAILGUN_API_URLS:
+            raise ImproperlyConfigured(f"EMAIL_URL region {region!r} for mailgun:// must be us or eu")
+        anymail = {"MAILGUN_API_KEY": _api_key(scheme, parts), "MAILGUN_API_URL": _MAILGUN_API_URLS[region]}
+        if parts.hostname:  # the sending domain; anymail otherwise takes the From address's domain
+            anymail["MAILGUN_SENDER_DOMAIN"] = parts.hostname
+    else:
+        _only_options(scheme, query, {"message_stream"} if esp == "postmark" else set())
+        if parts.hostname:
+            raise ImproperlyConfigured(f"EMAIL_URL for {scheme}:// takes no host: write {scheme}://KEY@")
+        setting = "SERVER_TOKEN" if esp == "postmark" else "API_KEY"
+        anymail = {f"{prefix}_{setting}": _api_key(scheme, parts)}
+        if query.get("message_stream"):  # Postmark: "broadcast" for marketing mail
+            anymail["POSTMARK_MESSAGE_STREAM"] = query["message_stream"]
+    return EmailConfig(backend=f"anymail.backends.{esp}.EmailBackend", esp=esp, anymail=anymail)
+
+
+def _ses_settings(parts: SplitResult, query: dict[str, str]) -> dict[str, Any]:
+    scheme = parts.scheme.lower()
+    _only_options(scheme, query, {"region", "configuration_set"})
+    if parts.hostname:
+        raise ImproperlyConfigured(
+            f"EMAIL_URL for {scheme}:// takes the region as ?region=, e.g. {scheme}://KEY_ID:SECRET@?region=eu-west-1"
+        )
+    key_id, secret = unquote(parts.username or ""), unquote(parts.password or "")
+    if bool(key_id) != bool(secret):
+        raise ImproperlyConfigured(f"EMAIL_URL for {scheme}:// needs both the access key id and the secret, or neither")
+    client: dict[str, str] = {}
+    if query.get("region"):
+        client["region_name"] = query["region"]
+    if key_id:
+        client["aws_access_key_id"] = key_id
+        client["aws_secret_access_key"] = secret
+    anymail: dict[str, Any] = {"AMAZON_SES_CLIENT_PARAMS": client}
+    if query.get("configuration_set"):  # SES event publishing (bounces, complaints) is set per configuration set
+        anymail["AMAZON_SES_CONFIGURATION_SET_NAME"] = query["configuration_set"]
+    return anymail
+
+
+def _api_key(scheme: str, parts: SplitResult) -> str:
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    if user and password:
+        raise ImproperlyConfigured(f"EMAIL_URL for {scheme}:// takes one key before the @, not user:password")
+    if not (user or password):
+        raise ImproperlyConfigured(f"EMAIL_URL for {scheme}:// needs the API key, e.g. {scheme}://KEY@")
+    return user or password
+
+
+def _only_options(scheme: str, query: dict[str, str], allowed: set[str]) -> None:
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        accepted = ", ".join(sorted(allowed)) or "none"
+        raise ImproperlyConfigured(
+            f"EMAIL_URL for {scheme}:// has unknown option(s) {', '.join(unknown)} (accepted: {accepted})"
+        )

@@ -7,7 +7,9 @@ variables listed in the README, and then must pass ``manage.py check --deploy``.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dj_database_url
@@ -52,6 +54,7 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.mfa",
+    "anymail",
     "audiences",
     "campaigns",
 ]
@@ -197,6 +200,40 @@ EMAIL_USE_SSL = EMAIL.use_ssl
 EMAIL_TIMEOUT = EMAIL.timeout
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Assent <noreply@localhost>") or ""
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+# --- Email provider webhooks (django-anymail, mounted at /webhooks/anymail/) ----------
+
+# HTTP basic auth "user:password" the provider sends; several, comma-separated, while rotating.
+# Unset: every webhook request is refused (campaigns/webhook_urls.py); required in production
+# when EMAIL_URL names a provider.
+ANYMAIL_WEBHOOK_SECRETS = env_list("ANYMAIL_WEBHOOK_SECRET", [])
+for _secret in ANYMAIL_WEBHOOK_SECRETS:
+    if ":" not in _secret.strip(":"):
+        raise ImproperlyConfigured("ANYMAIL_WEBHOOK_SECRET must be user:password (several separated by commas)")
+if EMAIL.esp and not DEBUG and not ANYMAIL_WEBHOOK_SECRETS:
+    raise ImproperlyConfigured(
+        f"ANYMAIL_WEBHOOK_SECRET must be set: EMAIL_URL sends through {EMAIL.esp}, whose bounce and "
+        "complaint webhooks must be authenticated"
+    )
+ANYMAIL: dict[str, Any] = {**EMAIL.anymail, "WEBHOOK_SECRET": ANYMAIL_WEBHOOK_SECRETS}
+# Provider signatures, checked in addition to the basic auth.
+_mailgun_key = env_str("MAILGUN_WEBHOOK_SIGNING_KEY")
+if EMAIL.esp == "mailgun" and not DEBUG and not _mailgun_key:
+    raise ImproperlyConfigured(
+        "MAILGUN_WEBHOOK_SIGNING_KEY must be set: Mailgun signs its webhooks with it (Sending > Webhooks)"
+    )
+if _mailgun_key:
+    ANYMAIL["MAILGUN_WEBHOOK_SIGNING_KEY"] = _mailgun_key
+# SendGrid's signed Event Webhook: its public key, base64 without the PEM lines.
+_sendgrid_key = env_str("SENDGRID_TRACKING_WEBHOOK_VERIFICATION_KEY")
+if _sendgrid_key:
+    try:
+        base64.b64decode(_sendgrid_key, validate=True)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            "SENDGRID_TRACKING_WEBHOOK_VERIFICATION_KEY must be the base64 public key without the PEM lines"
+        ) from exc
+    ANYMAIL["SENDGRID_TRACKING_WEBHOOK_VERIFICATION_KEY"] = _sendgrid_key
 
 # --- Bounces and complaints (campaigns/bounces.py) -----------------------------------
 

@@ -13,6 +13,7 @@ urlpatterns = [
     path("robots.txt", views.robots, name="robots"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
+    path("webhooks/anymail/", include("campaigns.webhook_urls")),
     path("dashboard/", home.picker, name="dashboard"),
     path("invite/<str:token>/", team.invitation, name="invitation"),
     path("b/<slug:brand_slug>/", include("audiences.dashboard_urls")),
