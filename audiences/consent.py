@@ -87,6 +87,19 @@ def is_suppressed(*, brand: Brand, email: str) -> bool:
     return Suppression.objects.filter(brand=brand, email_hash=email_hash(email)).exists()
 
 
+def may_send_confirmation(subscriber: Subscriber) -> bool:
+    """Whether a confirmation request may go to this person now (checked again at send time).
+
+    Blocked or suppressed addresses get nothing, except when the only bar is a
+    bounce or complaint suppression: the person has just asked again, and only
+    their new double opt-in can lift it (``confirm``).
+    """
+    suppression = Suppression.objects.filter(brand_id=subscriber.brand_id, email_hash=subscriber.email_hash).first()
+    if suppression is not None:
+        return suppression.reason in LIFTED_BY_OPT_IN
+    return subscriber.status != Subscriber.Status.BLOCKED
+
+
 def record_event(
     *,
     subscriber: Subscriber,
@@ -151,7 +164,14 @@ def request_subscription(
     brand = form.brand
     now = timezone.now()
     with transaction.atomic():
-        if is_suppressed(brand=brand, email=address):
+        suppression = Suppression.objects.filter(brand=brand, email_hash=email_hash(address)).first()
+        # Only the person's own request (and then their confirmation) may lift a bounce or complaint suppression.
+        liftable = (
+            suppression is not None
+            and suppression.reason in LIFTED_BY_OPT_IN
+            and evidence.actor == ConsentEvent.Actor.CONSUMER
+        )
+        if suppression is not None and not liftable:
             log.info("signup refused: suppressed address brand=%s form=%s", brand.slug, form.pk)
             return Outcome.SUPPRESSED
         subscriber, created = Subscriber.objects.select_for_update().get_or_create(
@@ -164,7 +184,7 @@ def request_subscription(
                 "source": evidence.source,
             },
         )
-        if subscriber.status == Subscriber.Status.BLOCKED:
+        if subscriber.status == Subscriber.Status.BLOCKED and not liftable:
             log.info("signup refused: blocked subscriber=%s", subscriber.pk)
             return Outcome.BLOCKED
         if not created and name and not subscriber.name:
@@ -231,12 +251,21 @@ def confirm(*, subscriber: Subscriber, audience_ids: Sequence[int], evidence: Ev
     """Confirm the person's own request for ``audience_ids`` (the POST behind the emailed link).
 
     Idempotent: a second confirmation of the same link changes nothing and writes
-    no event. Raises ``ConsentRefused`` for a blocked or suppressed address.
+    no event. Raises ``ConsentRefused`` for a blocked or suppressed address,
+    except that the person's own confirmation lifts a bounce or complaint
+    suppression (for the future; the consent log records ``unblocked``).
     """
     now = timezone.now()
     with transaction.atomic():
         locked = Subscriber.objects.select_for_update().get(pk=subscriber.pk)
-        if locked.status == Subscriber.Status.BLOCKED or is_suppressed(brand=locked.brand, email=locked.email):
+        suppression = (
+            Suppression.objects.select_for_update()
+            .filter(brand_id=locked.brand_id, email_hash=locked.email_hash)
+            .first()
+        )
+        if suppression is not None and suppression.reason not in LIFTED_BY_OPT_IN:
+            raise ConsentRefused("this address is blocked")
+        if locked.status == Subscriber.Status.BLOCKED and suppression is None:
             raise ConsentRefused("this address is blocked")
         pending = list(
             locked.subscriptions.select_related("audience").filter(
@@ -250,13 +279,22 @@ def confirm(*, subscriber: Subscriber, audience_ids: Sequence[int], evidence: Ev
             if locked.status == Subscriber.Status.CONFIRMED and has_active:
                 return Outcome.ALREADY_CONFIRMED
             return Outcome.NOTHING_TO_CONFIRM
+        if suppression is not None:
+            record_event(
+                subscriber=locked,
+                kind=ConsentEvent.Kind.UNBLOCKED,
+                evidence=evidence,
+                details={"reason": suppression.reason, "suppressed_at": suppression.created_at.isoformat()},
+            )
+            suppression.delete()
+            locked.blocked_at = None
         Subscription.objects.filter(pk__in=[s.pk for s in pending]).update(
             status=Subscription.Status.ACTIVE, confirmed_at=now, ended_at=None
         )
         if locked.status != Subscriber.Status.CONFIRMED:
             locked.status = Subscriber.Status.CONFIRMED
             locked.confirmed_at = now
-            locked.save(update_fields=["status", "confirmed_at"])
+            locked.save(update_fields=["status", "confirmed_at", "blocked_at"])
         record_event(
             subscriber=locked,
             kind=ConsentEvent.Kind.CONFIRMED,
@@ -416,16 +454,41 @@ def pause(*, subscriber: Subscriber, days: int | None, evidence: Evidence) -> Su
     return locked
 
 
-def block(*, subscriber: Subscriber, evidence: Evidence, reason: str = Suppression.Reason.BLOCKED) -> Subscriber:
-    """Never contact this address again for this brand ("never contact me", or a team block).
+# Suppressions that the person's own new double opt-in lifts (see ``confirm``); the others are for good.
+LIFTED_BY_OPT_IN = frozenset(
+    {Suppression.Reason.HARD_BOUNCE, Suppression.Reason.SOFT_BOUNCE, Suppression.Reason.COMPLAINT}
+)
+
+
+def block(
+    *,
+    subscriber: Subscriber,
+    evidence: Evidence,
+    reason: str = Suppression.Reason.BLOCKED,
+    details: dict[str, Any] | None = None,
+) -> Subscriber:
+    """Never contact this address again for this brand ("never contact me", a team block, a bounce, a complaint).
 
     Ends every subscription, blocks the subscriber and adds the address to the
     brand's suppression list, so no signup, import or API call can add it back.
+    Blocking someone already blocked by a bounce or complaint for a reason a new
+    opt-in does not lift (the person's or the team's) makes the block permanent.
     """
     now = timezone.now()
     with transaction.atomic():
         locked = _lock(subscriber)
         if locked.status == Subscriber.Status.BLOCKED:
+            if reason not in LIFTED_BY_OPT_IN:
+                hardened = Suppression.objects.filter(
+                    brand_id=locked.brand_id, email_hash=locked.email_hash, reason__in=LIFTED_BY_OPT_IN
+                ).update(reason=reason)
+                if hardened:
+                    record_event(
+                        subscriber=locked,
+                        kind=ConsentEvent.Kind.BLOCKED,
+                        evidence=evidence,
+                        details={"reason": reason, **(details or {})},
+                    )
             return locked
         audiences = [
             s.audience
@@ -445,7 +508,7 @@ def block(*, subscriber: Subscriber, evidence: Evidence, reason: str = Suppressi
             kind=ConsentEvent.Kind.BLOCKED,
             evidence=evidence,
             audiences=audiences,
-            details={"reason": reason},
+            details={"reason": reason, **(details or {})},
         )
     return locked
 

@@ -13,7 +13,7 @@ from django.core.mail import EmailMultiAlternatives
 from django.utils import timezone
 
 from audiences import links
-from audiences.consent import is_suppressed
+from audiences.consent import is_suppressed, may_send_confirmation
 from audiences.emails import brand_sender, make_message
 from audiences.models import ConsumerEmail, Subscriber, Subscription
 
@@ -37,7 +37,13 @@ def send(*, email_id: int) -> ConsumerEmail.Status:
         return ConsumerEmail.Status.SKIPPED
     row = ConsumerEmail.objects.select_related("subscriber__brand").get(pk=email_id)
     subscriber = row.subscriber
-    if subscriber.status == Subscriber.Status.BLOCKED or is_suppressed(brand=subscriber.brand, email=subscriber.email):
+    if row.kind == ConsumerEmail.Kind.CONFIRM:
+        barred = not may_send_confirmation(subscriber)
+    else:
+        barred = subscriber.status == Subscriber.Status.BLOCKED or is_suppressed(
+            brand=subscriber.brand, email=subscriber.email
+        )
+    if barred:
         _finish(row, ConsumerEmail.Status.SKIPPED, "blocked")
         return ConsumerEmail.Status.SKIPPED
     message = _confirmation(row, subscriber) if row.kind == ConsumerEmail.Kind.CONFIRM else _manage_link(subscriber)

@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from audiences import audit, links
 from audiences.models import Subscriber, Subscription, Suppression
-from campaigns import ratelimit, rendering, targeting
+from campaigns import bounces, ratelimit, rendering, targeting
 from campaigns.models import Campaign, Delivery
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,11 @@ class BatchResult:
 def problems(campaign: Campaign) -> list[str]:
     """Why the campaign can't be scheduled; empty when it can."""
     found: list[str] = []
+    if bounces.stopped(campaign.brand_id):
+        found.append(
+            "Sending is stopped for this brand because of its complaint rate, until an owner acknowledges "
+            "it on the deliverability page."
+        )
     if not campaign.brand.postal_address.strip():
         found.append("The brand has no postal address: add it in the brand settings.")
     if not campaign.pk or not campaign.audiences.exists():
@@ -111,6 +116,10 @@ def pause(*, campaign: Campaign, user: User | None) -> Campaign:
 
 
 def resume(*, campaign: Campaign, user: User | None) -> Campaign:
+    if bounces.stopped(campaign.brand_id):
+        raise CampaignError(
+            "Sending is stopped for this brand because of its complaint rate; an owner must acknowledge it first."
+        )
     campaign = _move(campaign, user, Status.PAUSED, Status.SENDING, "campaign.resumed")
     transaction.on_commit(lambda: _enqueue_batches(campaign.pk))
     return campaign
@@ -156,6 +165,10 @@ def recipients(campaign: Campaign) -> Any:
 def start(*, campaign_id: int) -> bool:
     """Scheduled → sending once due: plan the deliveries, then start the batches. Safe to run twice."""
     now = timezone.now()
+    stop = bounces.stopped(Campaign.objects.filter(pk=campaign_id).values_list("brand_id", flat=True).first() or 0)
+    if stop is not None:
+        log.warning("campaign %s not started: the brand's sending is stopped (alert %s)", campaign_id, stop.pk)
+        return False
     moved = Campaign.objects.filter(pk=campaign_id, status=Status.SCHEDULED, scheduled_at__lte=now).update(
         status=Status.SENDING, started_at=now, heartbeat_at=now
     )
@@ -188,8 +201,8 @@ def plan(campaign: Campaign, chunk: int = 50_000) -> int:
         sql, params = ids.query.sql_with_params()
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO {table} (campaign_id, subscriber_id, status, reason, attempts, message_id, created_at) "  # noqa: S608
-                f"SELECT %s, eligible.id, %s, '', 0, '', %s FROM ({sql}) AS eligible "
+                f"INSERT INTO {table} (campaign_id, subscriber_id, status, reason, attempts, message_id, provider_id, "  # noqa: S608
+                f"created_at) SELECT %s, eligible.id, %s, '', 0, '', '', %s FROM ({sql}) AS eligible "
                 "ON CONFLICT (campaign_id, subscriber_id) DO NOTHING",
                 [campaign.pk, DStatus.QUEUED, now, *params],
             )

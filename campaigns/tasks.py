@@ -48,3 +48,14 @@ def process_delivery_event(event_id: int) -> str:
     from campaigns import bounces
 
     return bounces.process(event_id)
+
+
+@shared_task(bind=True, acks_late=True, max_retries=5, default_retry_delay=60)
+def notify_sending_alert(self: Task, alert_id: int) -> int:
+    """Email the owners about a complaint-rate warning or stop (retried while the mail server is down)."""
+    from campaigns import bounces
+
+    try:
+        return bounces.notify(alert_id)
+    except OSError as exc:
+        raise self.retry(exc=exc) from exc
