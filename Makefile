@@ -10,8 +10,9 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/assent
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/14
 TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 
-# The dev outbox only runs when no real mail server is configured.
-PROCS := web worker beat $(if $(EMAIL_URL),,outbox)
+# The dev outbox only runs when no real mail server is configured; the bounce-mailbox reader only
+# when BOUNCE_MAILBOX_URL is set.
+PROCS := web worker beat $(if $(EMAIL_URL),,outbox) $(if $(BOUNCE_MAILBOX_URL),bounces)
 
 .PHONY: run test lint format venv chromium clean
 

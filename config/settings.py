@@ -242,6 +242,11 @@ if _sendgrid_key:
 BOUNCE_ADDRESS = env_str("BOUNCE_ADDRESS", "") or ""
 if BOUNCE_ADDRESS and "@" not in BOUNCE_ADDRESS.strip("@"):
     raise ImproperlyConfigured(f"BOUNCE_ADDRESS={BOUNCE_ADDRESS!r} is not an email address")
+# The mailbox those bounces (and feedback-loop reports) arrive in, read by `manage.py read_bounces`
+# (campaigns/mailbox.py): imap[s]://user:password@host[:port]/INBOX or pop3[s]://user:password@host[:port].
+BOUNCE_MAILBOX_URL = env_str("BOUNCE_MAILBOX_URL", "") or ""
+if BOUNCE_MAILBOX_URL and urlsplit(BOUNCE_MAILBOX_URL).scheme not in {"imap", "imaps", "pop3", "pop3s"}:
+    raise ImproperlyConfigured("BOUNCE_MAILBOX_URL must start with imap://, imaps://, pop3:// or pop3s://")
 # Soft bounces suppress an address after this many in a row spanning at least this many days.
 SOFT_BOUNCE_LIMIT = env_int("SOFT_BOUNCE_LIMIT", 3, minimum=1)
 SOFT_BOUNCE_DAYS = env_int("SOFT_BOUNCE_DAYS", 14, minimum=0)
