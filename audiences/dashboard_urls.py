@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from audiences.views.dashboard import home, imports, lists, subscribers, team
+from audiences.views.dashboard import home, imports, lists, subscribers, suppressions, team
+from campaigns import deliverability_views
 from campaigns import urls as campaign_urls
 
 app_name = "dash"
@@ -12,6 +13,8 @@ urlpatterns = [
     *team.urlpatterns,
     *lists.urlpatterns,
     *subscribers.urlpatterns,
+    *suppressions.urlpatterns,
     *imports.urlpatterns,
     *campaign_urls.urlpatterns,
+    *deliverability_views.urlpatterns,
 ]

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import islice
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, Model, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from audiences.models import Audience, Brand, ConsentEvent, Subscriber, Subscription
@@ -47,6 +47,8 @@ EXPORT_COLUMNS = [
     "request_wording_text",
 ]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Any model with ``created_at`` and an ``(brand, created_at, id)`` index pages the same way (subscribers, suppressions).
+R = TypeVar("R", bound=Model)
 _ONE_MICROSECOND = timedelta(microseconds=1)
 
 
@@ -78,8 +80,9 @@ class Cursor:
     pk: int
 
     @classmethod
-    def of(cls, subscriber: Subscriber) -> Cursor:
-        return cls(subscriber.created_at, subscriber.pk)
+    def of(cls, row: Any) -> Cursor:
+        """The cursor of a row with ``created_at`` and ``pk``."""
+        return cls(row.created_at, row.pk)
 
     def encode(self) -> str:
         # Integer microseconds: exact, unlike a float timestamp, and no timezone to lose.
@@ -99,8 +102,8 @@ class Cursor:
 
 
 @dataclass(frozen=True)
-class Page:
-    rows: list[Subscriber]
+class Page(Generic[R]):
+    rows: list[R]
     # Cursors for the "Newer" (?before=) and "Older" (?after=) links; None when there is nothing that way.
     newer: Cursor | None
     older: Cursor | None
@@ -152,12 +155,12 @@ def _newer_than(cursor: Cursor) -> Q:
 
 
 def page(
-    queryset: QuerySet[Subscriber],
+    queryset: QuerySet[R],
     *,
     after: Cursor | None = None,
     before: Cursor | None = None,
     size: int | None = None,
-) -> Page:
+) -> Page[R]:
     """One page of ``queryset``, newest first.
 
     ``after`` gives the page of rows just older than that cursor, ``before``
@@ -222,7 +225,7 @@ def _iso(value: datetime | None) -> str:
     return value.isoformat() if value else ""
 
 
-def _cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
     """A CSV cell that a spreadsheet shows as text, never runs as a formula.
 
     Names and user agents come from the public; a leading =, +, - or @ would
@@ -336,10 +339,10 @@ def export_rows(queryset: QuerySet[Subscriber], *, audience_names: dict[int, str
                 requested.wording_version if requested else "",
                 requested.wording_text if requested else "",
             ]
-            yield [_cell(v) for v in values]
+            yield [csv_cell(v) for v in values]
 
 
-class _Echo:
+class Echo:
     """A file-like object whose ``write`` hands the line back, so csv.writer can feed a generator."""
 
     def write(self, value: str) -> str:
@@ -355,7 +358,7 @@ def stream_csv(*, brand: Brand, filters: Filters) -> Iterator[str]:
     generator, which rolls the read-only transaction back.
     """
     audience_names = dict(Audience.objects.filter(brand=brand).values_list("pk", "name"))
-    writer = csv.writer(_Echo())
+    writer = csv.writer(Echo())
     with transaction.atomic():
         rows: Iterable[list[str]] = export_rows(filtered(brand=brand, filters=filters), audience_names=audience_names)
         for row in rows:

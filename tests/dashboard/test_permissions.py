@@ -19,7 +19,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from audiences import consent
 from audiences.models import Brand, ConsentEvent, ImportJob, Invitation, Membership, SignupForm, Subscriber
-from campaigns.models import Campaign
+from campaigns.models import Campaign, SendingAlert
 
 V, E, OW = "viewer", "editor", "owner"
 RANK = {V: 1, E: 2, OW: 3}
@@ -49,6 +49,9 @@ MATRIX: dict[str, tuple[str | None, str, str]] = {
     "subscriber_unsubscribe": ("subscriber", E, E),
     "subscriber_block": ("subscriber", E, E),
     "subscriber_erase": ("subscriber", E, E),
+    "suppressions": (None, V, V),
+    "suppressions_add": (None, E, E),
+    "suppressions_export": (None, E, E),
     "imports": (None, E, E),
     "import": ("import", E, E),
     "import_status": ("import", E, E),
@@ -69,6 +72,8 @@ MATRIX: dict[str, tuple[str | None, str, str]] = {
     "campaign_cancel": ("campaign", E, E),
     "campaign_progress": ("campaign", V, V),
     "campaign_progress_json": ("campaign", V, V),
+    "deliverability": (None, V, V),
+    "alert_acknowledge": ("alert", OW, OW),
 }
 
 
@@ -110,6 +115,15 @@ def objects(brand: Brand, owner: User, editor: User, signup_form: SignupForm, ne
     job.save()
     campaign = Campaign.objects.create(brand=brand, name="C", subject="S", html_body="<p>Hi</p>", created_by=owner)
     campaign.audiences.set([news])
+    alert = SendingAlert.objects.create(
+        brand=brand,
+        level=SendingAlert.Level.STOP,
+        day="2030-01-01",
+        complaint_rate=0.004,
+        bounce_rate=0,
+        sent=1000,
+        complaints=4,
+    )
     return {
         "membership": Membership.objects.get(user=editor).pk,
         "invitation": invitation.pk,
@@ -118,6 +132,7 @@ def objects(brand: Brand, owner: User, editor: User, signup_form: SignupForm, ne
         "subscriber": subscriber.pk,
         "import": job.pk,
         "campaign": campaign.pk,
+        "alert": alert.pk,
     }
 
 
