@@ -502,30 +502,16 @@ def _prebuilt(
 
     Runs in a forked child: everything it reads from the database was loaded by the parent.
     """
-    from email.utils import formataddr
-
-    from django.core.mail.message import sanitize_address
-
-    from campaigns import delivery, rendering
+    from campaigns import mime, rendering
     from campaigns.models import Delivery
 
-    compiled = rendering.compile_campaign(campaign)
-    names = sorted(a.name for a in audiences)
-    sender = formataddr((campaign.sender_name, campaign.sender_email))
-    domain = campaign.sender_email.rpartition("@")[2]
+    messages = mime.CampaignMessages(campaign, rendering.compile_campaign(campaign), audiences)
     built = []
     for i, s in enumerate(subscribers, start=1):
         d = Delivery(pk=i, campaign=campaign, subscriber=s)  # never saved: only its id and subscriber are read
-        message, _ = delivery._message(campaign, compiled, d, sender, domain, audiences, names)
-        encoding = message.encoding or "utf-8"
-        built.append(
-            (
-                sanitize_address(message.from_email, encoding),
-                [sanitize_address(a, encoding) for a in message.recipients()],
-                # Django's MIME classes take linesep, as its SMTP backend passes it.
-                message.message().as_bytes(linesep="\r\n"),  # type: ignore[call-arg]
-            )
-        )
+        message = messages.build(d)
+        assert message is not None, "the bench's addresses are ASCII"
+        built.append((message.envelope_from, [message.recipient], message.data))
     return built
 
 

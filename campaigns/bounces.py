@@ -45,7 +45,8 @@ from campaigns.models import Campaign, Delivery, DeliveryEvent, SendingAlert, Se
 
 log = logging.getLogger(__name__)
 
-_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+# An RFC 3463 status code, not a piece of an IP address or a version number (10.5.1.20, 2.5.1.1).
+_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d]|\.\d)")
 
 
 @dataclass
@@ -229,7 +230,7 @@ def _act(event: DeliveryEvent, delivery: Delivery) -> list[int]:
         actor=ConsentEvent.Actor.PROVIDER,
         source=ConsentEvent.Source.MAILBOX if event.provider == "mailbox" else ConsentEvent.Source.WEBHOOK,
     )
-    day = timezone.localtime(delivery.sent_at or event.occurred_at, _zone(brand)).date()
+    day = timezone.localtime(delivery.sent_at or event.occurred_at, zone(brand)).date()
     details = {"event": event.pk, "provider": event.provider, "status": event.smtp_status}
     if event.kind == Kind.BOUNCED:
         _mark(delivery, Delivery.Status.BOUNCED, event)
@@ -428,7 +429,8 @@ def notify(alert_id: int) -> int:
     return sent
 
 
-def _zone(brand: Brand) -> ZoneInfo:
+def zone(brand: Brand) -> ZoneInfo:
+    """The brand's time zone (its days are counted in it)."""
     try:
         return ZoneInfo(brand.time_zone)
     except (ZoneInfoNotFoundError, ValueError):

@@ -16,19 +16,20 @@ import smtplib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.utils import formataddr, make_msgid
 from typing import Any
 
+from anymail.exceptions import AnymailError, AnymailRecipientsRefused
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail import get_connection
+from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from audiences import audit, links
+from audiences import audit
 from audiences.models import Subscriber, Subscription, Suppression
-from campaigns import bounces, ratelimit, rendering, targeting
+from campaigns import bounces, mime, ratelimit, rendering, targeting
 from campaigns.models import Campaign, Delivery
 
 log = logging.getLogger(__name__)
@@ -327,21 +328,35 @@ def _why_not(campaign: Campaign, subscribers: list[Subscriber]) -> dict[int, str
 
 
 def _send(campaign: Campaign, deliveries: list[Delivery], result: BatchResult) -> None:
-    compiled = _compiled(campaign)
-    audience_names = list(campaign.audiences.order_by("name").values_list("name", flat=True))
-    audiences = list(campaign.audiences.order_by("pk"))
-    sender = formataddr((campaign.sender_name, campaign.sender_email))
-    domain = campaign.sender_email.rpartition("@")[2] or "localhost"
+    """Build and send each message over one connection; classify failures as retry or failed.
+
+    With Django's SMTP backend the bytes ``campaigns/mime.py`` built go straight to
+    ``sendmail`` on the backend's connection; any other backend (anymail providers,
+    tests' outbox) gets an ``EmailMultiAlternatives`` with the same content.
+    """
+    messages = mime.CampaignMessages(campaign, _compiled(campaign), list(campaign.audiences.order_by("pk")))
     sent: list[Delivery] = []
     retry: list[Delivery] = []
     failed: list[Delivery] = []
     conn = get_connection()
+    raw = isinstance(conn, SMTPBackend)
     try:
         conn.open()
         for d in deliveries:
-            message, message_id = _message(campaign, compiled, d, sender, domain, audiences, audience_names)
             try:
-                conn.send_messages([message])
+                built = messages.build(d) if raw else None
+                smtp = conn.connection if isinstance(conn, SMTPBackend) else None
+                if built is not None:
+                    if smtp is None:
+                        raise smtplib.SMTPServerDisconnected("not connected")
+                    smtp.sendmail(built.envelope_from, [built.recipient], built.data)
+                    d.message_id = built.message_id
+                else:
+                    message, d.message_id = messages.django_message(d)
+                    if conn.send_messages([message]) != 1:
+                        raise smtplib.SMTPServerDisconnected("the backend sent nothing")
+                    status = getattr(message, "anymail_status", None)
+                    d.provider_id = (getattr(status, "message_id", None) or "")[:255]
             except smtplib.SMTPRecipientsRefused as exc:
                 codes = [code for code, _ in exc.recipients.values()]
                 (retry if all(400 <= c < 500 for c in codes) else failed).append(_with_reason(d, repr(exc.recipients)))
@@ -354,15 +369,18 @@ def _send(campaign: Campaign, deliveries: list[Delivery], result: BatchResult) -
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 retry.append(_with_reason(d, repr(exc)))
                 _reopen(conn)
+            except AnymailRecipientsRefused as exc:
+                failed.append(_with_reason(d, str(exc)))
+            except AnymailError as exc:  # the provider's API failed: try again later, within the attempt limit
+                retry.append(_with_reason(d, str(exc)))
             else:
-                d.message_id = message_id
                 sent.append(d)
     finally:
         try:
             conn.close()
         except Exception:  # closing a broken connection must not lose the results
             log.warning("closing the SMTP connection failed", exc_info=True)
-    _record(sent, retry, failed, result)
+    _record(campaign, sent, retry, failed, result)
 
 
 def _reopen(conn: Any) -> None:
@@ -381,7 +399,9 @@ def _with_reason(d: Delivery, reason: str) -> Delivery:
     return d
 
 
-def _record(sent: list[Delivery], retry: list[Delivery], failed: list[Delivery], result: BatchResult) -> None:
+def _record(
+    campaign: Campaign, sent: list[Delivery], retry: list[Delivery], failed: list[Delivery], result: BatchResult
+) -> None:
     now = timezone.now()
     for d in sent:
         d.status, d.sent_at, d.lease_until, d.reason = DStatus.SENT, now, None, ""
@@ -399,6 +419,9 @@ def _record(sent: list[Delivery], retry: list[Delivery], failed: list[Delivery],
     with transaction.atomic():
         if sent:
             _mark_sent(sent, now)
+            bounces.count(
+                campaign.brand_id, timezone.localtime(now, bounces.zone(campaign.brand)).date(), sent=len(sent)
+            )
         if failed or retry:
             Delivery.objects.bulk_update([*failed, *retry], ["status", "lease_until", "reason", "retry_at"])
     result.sent += len(sent)
@@ -413,14 +436,16 @@ def _mark_sent(sent: list[Delivery], now: datetime) -> None:
     about 1 ms per message in the send benchmark (bench/send.py), more than rendering the message.
     """
     if connection.vendor != "postgresql":
-        Delivery.objects.bulk_update(sent, ["status", "sent_at", "lease_until", "reason", "message_id"])
+        Delivery.objects.bulk_update(sent, ["status", "sent_at", "lease_until", "reason", "message_id", "provider_id"])
         return
     with connection.cursor() as cursor:
         cursor.execute(
             f"""UPDATE {Delivery._meta.db_table} AS d
-            SET status = %s, sent_at = %s, lease_until = NULL, reason = '', message_id = v.message_id
-            FROM unnest(%s::bigint[], %s::text[]) AS v(id, message_id) WHERE d.id = v.id""",  # noqa: S608
-            [DStatus.SENT, now, [d.pk for d in sent], [d.message_id for d in sent]],
+            SET status = %s, sent_at = %s, lease_until = NULL, reason = '', message_id = v.message_id,
+                provider_id = v.provider_id
+            FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(id, message_id, provider_id)
+            WHERE d.id = v.id""",  # noqa: S608
+            [DStatus.SENT, now, [d.pk for d in sent], [d.message_id for d in sent], [d.provider_id for d in sent]],
         )
 
 
@@ -434,40 +459,6 @@ def _compiled(campaign: Campaign) -> rendering.CompiledCampaign:
         _compiled_cache.clear()
         _compiled_cache[key] = rendering.compile_campaign(campaign)
     return _compiled_cache[key]
-
-
-def _message(
-    campaign: Campaign,
-    compiled: rendering.CompiledCampaign,
-    d: Delivery,
-    sender: str,
-    domain: str,
-    audiences: list[Any],
-    audience_names: list[str],
-) -> tuple[EmailMultiAlternatives, str]:
-    s = d.subscriber
-    headers = links.unsubscribe_headers(s, audiences)
-    context = rendering.build_context(
-        brand=campaign.brand,
-        subscriber={"email": s.email, "name": s.name, "language": s.language},
-        attributes=s.attributes,
-        audiences=audience_names,
-        links={"unsubscribe": headers["List-Unsubscribe"][1:-1], "manage": links.manage_url(s)},
-    )
-    rendered = compiled.render(context)
-    message_id = make_msgid(idstring=f"d{d.pk}", domain=domain)
-    message = EmailMultiAlternatives(
-        subject=rendered.subject,
-        body=rendered.text,
-        from_email=sender,
-        to=[formataddr((" ".join(s.name.split()), s.email))],
-        reply_to=[campaign.reply_to or campaign.brand.reply_to]
-        if (campaign.reply_to or campaign.brand.reply_to)
-        else None,
-        headers={**headers, "Message-ID": message_id, "X-Assent-Delivery": str(d.pk)},
-    )
-    message.attach_alternative(rendered.html, "text/html")
-    return message, message_id
 
 
 # --- Progress and the reconciler ---------------------------------------------------------------

@@ -153,8 +153,9 @@ def _delivery(source: _Source, envelope_from: tuple[str, ...]) -> tuple[int | No
         # A VERP address with a wrong signature is forged (or signed with an old key): trust no header either.
         return None, "forged-verp"
     header = _header(source.original, DELIVERY_HEADER.lower())
-    if header.isdigit() and len(header) <= 18:
-        return int(header), "header"
+    if header:
+        pk = verp.token_delivery_id(header)
+        return (pk, "header") if pk is not None else (None, "forged-header")
     return None, ""
 
 

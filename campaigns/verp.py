@@ -23,21 +23,31 @@ def _signature(delivery_id: int) -> str:
     return hmac.new(key, f"d{delivery_id}".encode(), sha256).hexdigest()[:10]
 
 
+def token(delivery_id: int) -> str:
+    """``d<id>.<signature>``: names one delivery in a way nobody else can forge (VERP, X-Assent-Delivery)."""
+    return f"d{delivery_id}.{_signature(delivery_id)}"
+
+
+def token_delivery_id(value: str) -> int | None:
+    """The delivery a token names, when its signature is genuine; else None."""
+    match = _TOKEN.match(value.strip())
+    if match is None:
+        return None
+    pk = int(match["pk"])
+    return pk if hmac.compare_digest(match["sig"], _signature(pk)) else None
+
+
 def return_path(delivery_id: int) -> str | None:
     """The envelope sender for one delivery, or None when ``BOUNCE_ADDRESS`` is not set."""
     base = settings.BOUNCE_ADDRESS
     if not base:
         return None
     local, _, domain = base.rpartition("@")
-    return f"{local}+d{delivery_id}.{_signature(delivery_id)}@{domain}"
+    return f"{local}+{token(delivery_id)}@{domain}"
 
 
 def delivery_id(address: str) -> int | None:
     """The delivery a VERP address names, when its signature is genuine; else None."""
     local = address.strip().strip("<>").rpartition("@")[0]
-    _, plus, token = local.partition("+")
-    match = _TOKEN.match(token) if plus else None
-    if match is None:
-        return None
-    pk = int(match["pk"])
-    return pk if hmac.compare_digest(match["sig"], _signature(pk)) else None
+    _, plus, value = local.partition("+")
+    return token_delivery_id(value) if plus else None

@@ -33,7 +33,7 @@ from audiences.models import (
     Subscription,
     email_hash,
 )
-from campaigns import delivery, tasks
+from campaigns import delivery, tasks, verp
 from campaigns.models import Campaign, Delivery
 from config.celery import app as celery_app
 from tests.campaigns.conftest import QUEUE, TIMINGS, Workers
@@ -305,7 +305,7 @@ def test_a_received_message_has_one_click_unsubscribe_headers_and_a_footer_that_
     [message] = mail_server.wait_for(1)
     sent = Delivery.objects.get(campaign=campaign)
     assert message["Message-ID"] == sent.message_id
-    assert message.get_all("X-Assent-Delivery") == [str(sent.pk)]
+    assert message.get_all("X-Assent-Delivery") == [verp.token(sent.pk)]
     [unsubscribe] = message.get_all("List-Unsubscribe") or []
     # Django folds the long header right after "List-Unsubscribe:" (legal folding white space).
     target = unsubscribe.strip()
