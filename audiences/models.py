@@ -207,6 +207,8 @@ class Subscriber(models.Model):
             models.Index(fields=["status", "created_at"], name="subscriber_status_created"),
             # The dashboard's list: newest first, keyset-paginated by (created_at, id).
             models.Index(fields=["brand", "created_at", "id"], name="subscriber_brand_created"),
+            # The suppression list and bounce processing find a person by the hash of their address.
+            models.Index(fields=["brand", "email_hash"], name="subscriber_brand_email_hash"),
         ]
 
     def __str__(self) -> str:
@@ -422,6 +424,8 @@ class Suppression(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["brand", "email_hash"], name="suppression_unique_brand_email_hash")
         ]
+        # The dashboard's list: newest first, keyset-paginated by (created_at, id).
+        indexes = [models.Index(fields=["brand", "created_at", "id"], name="suppression_brand_created")]
 
     def __str__(self) -> str:
         return f"{self.brand.slug}:{self.email_hash[:12]} ({self.reason})"

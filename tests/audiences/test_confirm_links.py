@@ -140,8 +140,11 @@ def test_rotating_the_subscriber_secret_invalidates_old_links(pending: Subscribe
         links.read_token(links.Purpose.CONFIRM, token)
 
 
-def test_a_suppressed_address_cannot_confirm(client: Client, pending: Subscriber, news: Audience) -> None:
-    Suppression.objects.create(brand=pending.brand, email_hash=pending.email_hash, reason="complaint")
+@pytest.mark.parametrize("reason", ["blocked", "team", "erased"])
+def test_an_address_suppressed_for_good_cannot_confirm(
+    client: Client, pending: Subscriber, news: Audience, reason: str
+) -> None:
+    Suppression.objects.create(brand=pending.brand, email_hash=pending.email_hash, reason=reason)
     response = client.post(confirm_path(pending, [news.pk]))
     assert response.status_code == 409
     pending.refresh_from_db()

@@ -92,10 +92,11 @@ def test_it_rejects_invalid_addresses(signup_form: SignupForm, news: Audience, e
     assert not Subscriber.objects.exists()
 
 
-def test_it_sends_nothing_to_a_suppressed_address(signup_form: SignupForm, news: Audience, on_commit: Any) -> None:
-    Suppression.objects.create(
-        brand=signup_form.brand, email_hash=email_hash("dana@example.com"), reason=Suppression.Reason.COMPLAINT
-    )
+@pytest.mark.parametrize("reason", [Suppression.Reason.BLOCKED, Suppression.Reason.TEAM, Suppression.Reason.ERASED])
+def test_it_sends_nothing_to_an_address_suppressed_for_good(
+    signup_form: SignupForm, news: Audience, on_commit: Any, reason: str
+) -> None:
+    Suppression.objects.create(brand=signup_form.brand, email_hash=email_hash("dana@example.com"), reason=reason)
     with on_commit():
         assert request(signup_form, [news]) == Outcome.SUPPRESSED
     assert not Subscriber.objects.exists()
@@ -206,13 +207,14 @@ def test_confirm_activates_pending_audiences_and_is_idempotent(
     assert not Subscriber.objects.eligible(audience_ids=[offers.pk]).exists()
 
 
-def test_confirm_refuses_a_blocked_or_suppressed_address(
-    signup_form: SignupForm, news: Audience, on_commit: Any
+@pytest.mark.parametrize("reason", ["blocked", "team", "erased"])
+def test_confirm_refuses_an_address_suppressed_for_good(
+    signup_form: SignupForm, news: Audience, on_commit: Any, reason: str
 ) -> None:
     with on_commit():
         request(signup_form, [news])
     subscriber = Subscriber.objects.get()
-    Suppression.objects.create(brand=subscriber.brand, email_hash=subscriber.email_hash, reason="hard_bounce")
+    Suppression.objects.create(brand=subscriber.brand, email_hash=subscriber.email_hash, reason=reason)
     with pytest.raises(consent.ConsentRefused):
         confirm_all(subscriber)
     subscriber.refresh_from_db()
