@@ -143,6 +143,39 @@ def test_without_verp_the_returned_message_header_names_the_delivery() -> None:
     assert report.details["delivery_source"] == "header"
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        "106",  # a bare number, as anyone could write it
+        "d107.{signature}",  # another delivery with 106's signature
+        "d106.0000000000",  # a made-up signature
+        "d106.{signature}x",  # a genuine token with something after it
+        "{token}, d107.0000000000",
+    ],
+    ids=["bare-number", "swapped-id", "made-up-signature", "trailing-junk", "two-tokens"],
+)
+def test_a_bare_or_forged_delivery_header_names_no_delivery(header: str) -> None:
+    genuine = verp.token(106)
+    raw = sample("microsoft-dsn.eml")
+    assert f"X-Assent-Delivery: {genuine}\n".encode() in raw
+    forged = header.format(token=genuine, signature=genuine.partition(".")[2])
+
+    report = only(raw.replace(genuine.encode(), forged.encode()))
+
+    assert report.delivery_id is None
+    assert report.details["delivery_source"] == "forged-header"
+    assert report.recipient == "ivy@contoso.com"  # still recorded, but about no delivery of ours
+
+
+def test_a_delivery_header_signed_with_another_secret_key_names_no_delivery(settings: Any) -> None:
+    raw = sample("microsoft-dsn.eml")
+    settings.SECRET_KEY = "another key"
+
+    report = only(raw)
+
+    assert (report.delivery_id, report.details["delivery_source"]) == (None, "forged-header")
+
+
 def test_gmail_names_the_original_message_in_the_status_when_none_is_returned() -> None:
     raw = sample("gmail-dsn.eml")
     raw = raw[: raw.index(b"--000000000000c2a1b80643f0d5e1\nContent-Type: text/rfc822-headers")]
