@@ -30,6 +30,7 @@ from django.utils import timezone
 from audiences import audit
 from audiences.models import Subscriber, Subscription, Suppression
 from campaigns import bounces, mime, ratelimit, rendering, targeting
+from campaigns import smtp as pipelined
 from campaigns.models import Campaign, Delivery
 
 log = logging.getLogger(__name__)
@@ -330,9 +331,10 @@ def _why_not(campaign: Campaign, subscribers: list[Subscriber]) -> dict[int, str
 def _send(campaign: Campaign, deliveries: list[Delivery], result: BatchResult) -> None:
     """Build and send each message over one connection; classify failures as retry or failed.
 
-    With Django's SMTP backend the bytes ``campaigns/mime.py`` built go straight to
-    ``sendmail`` on the backend's connection; any other backend (anymail providers,
-    tests' outbox) gets an ``EmailMultiAlternatives`` with the same content.
+    With Django's SMTP backend the bytes ``campaigns/mime.py`` built go straight to the
+    backend's connection (pipelined when the server offers it: ``campaigns/smtp.py``); any
+    other backend (anymail providers, tests' outbox) gets an ``EmailMultiAlternatives``
+    with the same content.
     """
     messages = mime.CampaignMessages(campaign, _compiled(campaign), list(campaign.audiences.order_by("pk")))
     sent: list[Delivery] = []
@@ -349,7 +351,7 @@ def _send(campaign: Campaign, deliveries: list[Delivery], result: BatchResult) -
                 if built is not None:
                     if smtp is None:
                         raise smtplib.SMTPServerDisconnected("not connected")
-                    smtp.sendmail(built.envelope_from, [built.recipient], built.data)
+                    pipelined.send(smtp, built.envelope_from, built.recipient, built.data)
                     d.message_id = built.message_id
                 else:
                     message, d.message_id = messages.django_message(d)

@@ -63,7 +63,8 @@ class Content:
 
 def header(name: str, value: str) -> str:
     """``Name: value`` + CRLF; non-ASCII text as RFC 2047 encoded words, folded."""
-    value = " ".join(value.split())  # never a CR or LF inside a header
+    if "\r" in value or "\n" in value:
+        value = " ".join(value.split())  # never a CR or LF inside a header
     if value.isascii() and len(name) + len(value) < 996:
         return f"{name}: {value}{_CRLF}"
     encoded = Header(value, "utf-8", header_name=name).encode(linesep=_CRLF)
@@ -81,7 +82,7 @@ def part(content: str, subtype: str) -> bytes:
     Like Django: 7bit for ASCII, 8bit UTF-8 otherwise, quoted-printable when a
     line would be longer than SMTP's 998 octets.
     """
-    body = content.replace("\r\n", "\n").replace("\r", "\n")
+    body = content.replace("\r\n", "\n").replace("\r", "\n") if "\r" in content else content
     if len(body) < 999 or max(map(len, body.split("\n"))) < 999:
         encoding = "7bit" if body.isascii() else "8bit"
         payload = body.replace("\n", _CRLF).encode()

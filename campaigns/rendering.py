@@ -37,6 +37,17 @@ class _Sandbox(SandboxedEnvironment):
     def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
         raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is not allowed")
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """``subscriber.name`` on the plain-dict context: the key first, without raising AttributeError.
+
+        The context is dicts all the way down, so looking the key up first is both what a template
+        author means (an attribute called ``items`` is the attribute, not ``dict.items``) and about
+        twice as fast per lookup. Anything else goes through the sandbox's checks as before.
+        """
+        if type(obj) is dict and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
 
 _html_env = _Sandbox(autoescape=True, undefined=ChainableUndefined)
 _text_env = _Sandbox(autoescape=False, undefined=ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -120,6 +131,9 @@ class CompiledCampaign:
         self.text_body = campaign.text_body or html_to_text(campaign.html_body)
         self.subject = _text_env.from_string(campaign.subject)
         self.preheader = _text_env.from_string(campaign.preheader)
+        # A subject or preheader without template syntax is the same for everyone: render it once.
+        self._static_subject = None if _has_syntax(campaign.subject) else self._subject({})
+        self._static_preheader = None if _has_syntax(campaign.preheader) else self.preheader.render({})
         self._by_language: dict[str, tuple[Template, Template]] = {}
 
     def _templates(self, language: str) -> tuple[Template, Template]:
@@ -136,12 +150,22 @@ class CompiledCampaign:
             )
         return self._by_language[language]
 
+    def _subject(self, context: dict[str, Any]) -> str:
+        # Header values never carry CR/LF, whatever a template produced.
+        return " ".join(_CRLF.sub(" ", self.subject.render(context)).split())
+
     def render(self, context: dict[str, Any]) -> Rendered:
         html, text = self._templates(context["subscriber"]["language"])
-        # Header values never carry CR/LF, whatever a template produced.
-        subject = " ".join(_CRLF.sub(" ", self.subject.render(context)).split())
-        full = {**context, "subject": subject, "preheader": self.preheader.render(context)}
+        subject = self._static_subject if self._static_subject is not None else self._subject(context)
+        preheader = self._static_preheader
+        if preheader is None:
+            preheader = self.preheader.render(context)
+        full = {**context, "subject": subject, "preheader": preheader}
         return Rendered(subject=subject, html=html.render(full), text=text.render(full))
+
+
+def _has_syntax(source: str) -> bool:
+    return any(marker in source for marker in ("{{", "{%", "{#"))
 
 
 def compile_campaign(campaign: Campaign) -> CompiledCampaign:

@@ -36,6 +36,37 @@ class _Handler:
     def __init__(self, server: MailServer) -> None:
         self.server = server
 
+    async def handle_EHLO(
+        self, smtp: Any, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        """Offer PIPELINING (RFC 2920) like Postfix does, unless a test turns it off."""
+        session.host_name = hostname
+        if self.server.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(
+        self, smtp: Any, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        with self.server.lock:
+            reply = self.server.mail_answers.pop(address.lower(), None)
+        if reply:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, smtp: Any, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        with self.server.lock:
+            reply = self.server.rcpt_answers.pop(address.lower(), None)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 OK"
+
     async def handle_DATA(self, smtp: Any, session: Session, envelope: Envelope) -> str:
         if self.server.delay:
             await asyncio.sleep(self.server.delay)  # yields: other connections go on meanwhile
@@ -66,6 +97,11 @@ class MailServer:
         self.answers: dict[str, list[str]] = {}
         # Seconds to wait before answering each message.
         self.delay = 0.0
+        # One reply to the next MAIL FROM / RCPT TO naming this address ("550 5.1.1 No such user", …).
+        self.mail_answers: dict[str, str] = {}
+        self.rcpt_answers: dict[str, str] = {}
+        # Whether EHLO offers PIPELINING (campaign sends then pipeline MAIL, RCPT and DATA).
+        self.pipelining = True
         self._controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
 
     def start(self) -> None:
@@ -92,6 +128,9 @@ class MailServer:
             self.replies.clear()
             self.answers.clear()
             self.delay = 0.0
+            self.pipelining = True
+            self.mail_answers.clear()
+            self.rcpt_answers.clear()
 
     def _scripted(self, recipients: list[str]) -> str | None:
         """The reply chosen for this message, if any (call with the lock held)."""
