@@ -104,3 +104,50 @@ def test_a_dropped_connection_raises_server_disconnected(server: MailServer, con
     with pytest.raises(smtplib.SMTPServerDisconnected):
         smtp.send(connection, "news@brand.example", "ann@example.com", MESSAGE)
     assert server.envelopes == []
+
+
+# --- A pipeline of several messages: each outcome belongs to its own message ------------------------
+
+
+def run(connection: smtplib.SMTP, recipients: list[str]) -> dict[str, str]:
+    """Send one message to each recipient through one Pipeline; what happened to each, by recipient."""
+    pipeline: smtp.Pipeline[str] = smtp.Pipeline(connection)
+    outcomes = []
+    for address in recipients:
+        outcomes += pipeline.submit(address, "news@brand.example", address, MESSAGE)
+    outcomes += pipeline.flush()
+    assert sorted(tag for tag, _ in outcomes) == sorted(recipients)  # exactly one outcome per message
+    return {tag: "ok" if error is None else type(error).__name__ for tag, error in outcomes}
+
+
+def test_a_pipeline_attributes_each_failure_to_its_own_message(server: MailServer, connection: smtplib.SMTP) -> None:
+    server.rcpt_answers["gone@example.com"] = "550 5.1.1 No such user"
+    server.answers["full@example.com"] = ["552 5.2.2 Mailbox full"]
+
+    outcomes = run(connection, ["ann@example.com", "gone@example.com", "full@example.com", "bob@example.com"])
+
+    assert outcomes == {
+        "ann@example.com": "ok",
+        "gone@example.com": "SMTPRecipientsRefused",
+        "full@example.com": "SMTPDataError",
+        "bob@example.com": "ok",
+    }
+    assert [rcpts for _, rcpts in server.envelopes] == [["ann@example.com"], ["bob@example.com"]]
+
+
+def test_a_dropped_connection_fails_only_the_messages_in_flight(server: MailServer, connection: smtplib.SMTP) -> None:
+    server.answers["cut@example.com"] = ["DROP"]
+
+    outcomes = run(connection, ["ann@example.com", "cut@example.com", "bob@example.com", "cy@example.com"])
+
+    assert outcomes["ann@example.com"] == "ok"
+    assert outcomes["cut@example.com"] == "SMTPServerDisconnected"
+    # Pipelined, the next message's envelope was on the wire when the connection broke; later ones never left.
+    assert outcomes["bob@example.com"] == "SMTPServerDisconnected"
+    assert outcomes["cy@example.com"] in {
+        "SMTPServerDisconnected",
+        "OSError",
+        "ConnectionResetError",
+        "BrokenPipeError",
+    }
+    assert [rcpts for _, rcpts in server.envelopes] == [["ann@example.com"]]
