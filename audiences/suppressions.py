@@ -140,8 +140,9 @@ class Added:
 def add(*, brand: Brand, emails: list[str], note: str, evidence: Evidence) -> Added:
     """Put normalised ``emails`` on the brand's suppression list as a team block, all or nothing.
 
-    1. An address already on the list keeps its entry and reason (a bounce stays
-       a bounce); it is reported as already there.
+    1. An address already on the list keeps its entry; it is reported as already
+       there. A bounce or complaint entry becomes a team block (permanent: a new
+       opt-in no longer lifts it), with a consent event when the person exists.
     2. Every other address gets an entry with reason "team" and ``note``.
     3. A subscriber with one of the addresses who is not blocked yet is blocked
        through ``consent.block`` (subscriptions ended, a consent event with the
@@ -172,4 +173,18 @@ def add(*, brand: Brand, emails: list[str], note: str, evidence: Evidence) -> Ad
             result.blocked.append(
                 consent.block(subscriber=subscriber, evidence=evidence, reason=Suppression.Reason.TEAM)
             )
+        # A bounce or complaint entry the team blocks on purpose becomes permanent: the person's new
+        # opt-in would lift a bounce, not the team's decision (``consent.block`` records that).
+        liftable = list(
+            Suppression.objects.filter(
+                brand=brand, email_hash__in=[hashes[a] for a in result.already], reason__in=consent.LIFTED_BY_OPT_IN
+            ).values_list("email_hash", flat=True)
+        )
+        for subscriber in Subscriber.objects.filter(
+            brand=brand, email_hash__in=liftable, status=Subscriber.Status.BLOCKED
+        ):
+            consent.block(subscriber=subscriber, evidence=evidence, reason=Suppression.Reason.TEAM)
+        Suppression.objects.filter(brand=brand, email_hash__in=liftable).update(
+            reason=Suppression.Reason.TEAM, note=note
+        )
     return result

@@ -290,11 +290,12 @@ def test_already_suppressed_addresses_keep_their_entry_and_are_reported(
     response = client.post(ADD, {"emails": "dana@example.com erin@example.net", "note": "again"}, follow=True)
     assert response.status_code == 200
     bounce.refresh_from_db()
-    assert (bounce.reason, bounce.note) == (Suppression.Reason.HARD_BOUNCE, "")
+    # The team's block makes the bounce permanent (a new opt-in no longer lifts it), in the consent log too.
+    assert (bounce.reason, bounce.note) == (Suppression.Reason.TEAM, "again")
     assert Suppression.objects.get(email_hash=email_hash("erin@example.net")).reason == Suppression.Reason.ERASED
     assert Suppression.objects.count() == 3
-    # Both already blocked or gone: no new consent event.
-    assert not ConsentEvent.objects.filter(actor=ConsentEvent.Actor.TEAM).exists()
+    event = ConsentEvent.objects.get(actor=ConsentEvent.Actor.TEAM)
+    assert (event.subscriber, event.kind, event.details["reason"]) == (entries["bounced"], "blocked", "team")
     text = [str(m) for m in response.context["messages"]]
     assert text == ["2 addresses were already on the list and keep their entries: dana@example.com, erin@example.net."]
 
@@ -309,7 +310,7 @@ def test_a_listed_address_of_someone_not_blocked_blocks_them(
     client.post(ADD, {"emails": "dana@example.com", "note": "blocked by hand"})
     dana.refresh_from_db()
     assert dana.status == Subscriber.Status.BLOCKED
-    assert Suppression.objects.get().reason == Suppression.Reason.SOFT_BOUNCE
+    assert Suppression.objects.get().reason == Suppression.Reason.TEAM
 
 
 def test_the_add_page_explains_and_labels_its_fields(client: Client, editor: User, brand: Brand) -> None:
