@@ -409,7 +409,7 @@ def _send(campaign: Campaign, deliveries: list[Delivery], result: BatchResult) -
 def _send_one(conn: Any, messages: mime.CampaignMessages, d: Delivery) -> pipelined.Outcome[Delivery]:
     """Through Django's email backend: an anymail provider (its message id is kept), or an SMTPUTF8 address."""
     try:
-        message, d.message_id = messages.django_message(d)
+        message, d.message_id = messages.django_message(d, smtp=isinstance(conn, SMTPBackend))
         if conn.send_messages([message]) != 1:
             raise smtplib.SMTPServerDisconnected("the backend sent nothing")
     except (smtplib.SMTPException, OSError, AnymailError) as exc:

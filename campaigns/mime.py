@@ -167,16 +167,20 @@ class CampaignMessages:
         data = b"".join([head, delimiter, text, delimiter, html, f"--{boundary}--{_CRLF}".encode()])
         return Built(envelope_from=c.envelope_from, recipient=c.recipient, data=data, message_id=c.message_id)
 
-    def django_message(self, d: Delivery) -> tuple[EmailMultiAlternatives, str]:
-        """The same message for any Django email backend; anymail providers get the delivery id as metadata."""
+    def django_message(self, d: Delivery, *, smtp: bool = False) -> tuple[EmailMultiAlternatives, str]:
+        """The same message for any Django email backend; anymail providers get the delivery id as metadata.
+
+        Over SMTP (``smtp``) the envelope sender is the VERP address, as in ``build``; a provider
+        handles bounces itself and reports them by webhook, so it gets the plain sender.
+        """
         c = self.content(d)
         message = EmailMultiAlternatives(
             subject=c.subject,
             body=c.text,
-            from_email=c.envelope_from,
+            from_email=c.envelope_from if smtp else self.sender,
             to=[c.to],
             reply_to=[self.reply_to] if self.reply_to else None,
-            headers={"From": self.sender, **c.headers, "Message-ID": c.message_id},
+            headers={**({"From": self.sender} if smtp else {}), **c.headers, "Message-ID": c.message_id},
         )
         message.attach_alternative(c.html, "text/html")
         metadata: dict[str, Any] = {"assent_delivery": str(d.pk), "assent_campaign": str(self.campaign.pk)}
