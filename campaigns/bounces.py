@@ -173,10 +173,14 @@ def classify(event: DeliveryEvent) -> str:
     status = event.smtp_status
     if status.split(".")[1:2] == ["7"] or event.reject_reason in POLICY_REASONS:
         return Kind.POLICY
-    permanent = kind != "deferred" and not status.startswith("4")
-    if permanent and (status in HARD_STATUSES or event.reject_reason in HARD_REASONS):
+    if _permanent(event) and (status in HARD_STATUSES or event.reject_reason in HARD_REASONS):
         return Kind.BOUNCED
     return Kind.SOFT_BOUNCE
+
+
+def _permanent(event: DeliveryEvent) -> bool:
+    """A final failure, not a deferral (the message may still arrive)."""
+    return event.event_type != "deferred" and not event.smtp_status.startswith("4")
 
 
 def process(event_id: int) -> str:
@@ -232,17 +236,21 @@ def _act(event: DeliveryEvent, delivery: Delivery) -> list[int]:
     )
     day = timezone.localtime(delivery.sent_at or event.occurred_at, zone(brand)).date()
     details = {"event": event.pk, "provider": event.provider, "status": event.smtp_status}
+    first = event.kind in _COUNTED and _first_report(event, delivery)
     if event.kind == Kind.BOUNCED:
         _mark(delivery, Delivery.Status.BOUNCED, event)
         consent.block(subscriber=subscriber, evidence=evidence, reason=Suppression.Reason.HARD_BOUNCE, details=details)
-        count(brand.pk, day, hard_bounces=1)
+        if first:
+            count(brand.pk, day, hard_bounces=1)
     elif event.kind == Kind.COMPLAINED:
         _mark(delivery, Delivery.Status.COMPLAINED, event)
         consent.block(subscriber=subscriber, evidence=evidence, reason=Suppression.Reason.COMPLAINT, details=details)
-        count(brand.pk, day, complaints=1)
-        return _check_rates(brand, day)
+        if first:
+            count(brand.pk, day, complaints=1)
+            return _check_rates(brand, day)
     elif event.kind == Kind.SOFT_BOUNCE:
-        count(brand.pk, day, soft_bounces=1)
+        if first:
+            count(brand.pk, day, soft_bounces=1)
         if _soft_bounces_exhausted(subscriber):
             consent.block(
                 subscriber=subscriber,
@@ -251,9 +259,11 @@ def _act(event: DeliveryEvent, delivery: Delivery) -> list[int]:
                 details={**details, "soft_bounces": settings.SOFT_BOUNCE_LIMIT},
             )
     elif event.kind == Kind.POLICY:
-        _mark(delivery, Delivery.Status.FAILED, event)
-        count(brand.pk, day, policy_failures=1)
-    elif event.kind == Kind.DELIVERED:
+        if _permanent(event):  # a deferral (Gmail's 421 4.7.28, say) may still be delivered on a later try
+            _mark(delivery, Delivery.Status.FAILED, event)
+        if first:
+            count(brand.pk, day, policy_failures=1)
+    elif event.kind == Kind.DELIVERED and first:
         count(brand.pk, day, delivered=1)
     elif event.kind in {Kind.OPENED, Kind.CLICKED}:
         Subscriber.objects.filter(pk=subscriber.pk).filter(
@@ -263,6 +273,21 @@ def _act(event: DeliveryEvent, delivery: Delivery) -> list[int]:
         # The person unsubscribed through the provider's own link: every audience, at once.
         consent.unsubscribe(subscriber=subscriber, audience_ids=None, evidence=evidence)
     return []
+
+
+# The kinds counted on the brand's SendingDay.
+_COUNTED = frozenset({Kind.BOUNCED, Kind.COMPLAINED, Kind.SOFT_BOUNCE, Kind.POLICY, Kind.DELIVERED})
+
+
+def _first_report(event: DeliveryEvent, delivery: Delivery) -> bool:
+    """Whether this is the first report of its kind about the message; counters count messages, not reports.
+
+    One complaint can come as the provider's webhook and as the feedback loop's
+    report, a deferred message is reported at each retry. The delivery row is
+    locked first, so two workers processing two reports of one message take turns.
+    """
+    list(Delivery.objects.select_for_update().filter(pk=delivery.pk).values_list("pk", flat=True))
+    return not DeliveryEvent.objects.filter(delivery=delivery, kind=event.kind).exclude(pk=event.pk).exists()
 
 
 def _mark(delivery: Delivery, status: str, event: DeliveryEvent) -> None:
