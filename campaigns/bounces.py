@@ -36,9 +36,10 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Max, Min, Q
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.formats import number_format
 
-from audiences import audit, consent
+from audiences import audit, charts, consent
 from audiences.emails import make_message
 from audiences.models import Brand, ConsentEvent, Membership, Subscriber, Suppression
 from campaigns.models import Campaign, Delivery, DeliveryEvent, SendingAlert, SendingDay
@@ -431,16 +432,20 @@ def notify(alert_id: int) -> int:
         user__memberships__role=Membership.Role.OWNER,
     ).values_list("email", flat=True)
     url = settings.SITE_URL + reverse("dash:deliverability", kwargs={"brand_slug": brand.slug})
-    context = {
-        "brand": brand,
-        "alert": alert,
-        "stop": alert.level == SendingAlert.Level.STOP,
-        "complaint_rate": f"{alert.complaint_rate:.2%}",
-        "warn_rate": f"{settings.COMPLAINT_WARN_RATE:.1%}",
-        "stop_rate": f"{settings.COMPLAINT_STOP_RATE:.1%}",
-        "url": url,
-        "SITE_NAME": settings.SITE_NAME,
-    }
+    with translation.override(brand.default_language):  # numbers as the email's language writes them
+        context = {
+            "brand": brand,
+            "alert": alert,
+            "stop": alert.level == SendingAlert.Level.STOP,
+            "complaint_rate": charts.percent(alert.complaint_rate),
+            "warn_rate": charts.percent(settings.COMPLAINT_WARN_RATE),
+            "stop_rate": charts.percent(settings.COMPLAINT_STOP_RATE),
+            "sent": number_format(alert.sent, force_grouping=True),
+            "complaints": number_format(alert.complaints, force_grouping=True),
+            "url": url,
+            "SITE_NAME": settings.SITE_NAME,
+            "LANGUAGE_CODE": brand.default_language,
+        }
     sent = 0
     for address in sorted(set(owners)):
         message = make_message(

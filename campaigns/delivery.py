@@ -26,6 +26,7 @@ from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from audiences import audit
 from audiences.models import Subscriber, Subscription, Suppression
@@ -63,16 +64,19 @@ def problems(campaign: Campaign) -> list[str]:
     found: list[str] = []
     if bounces.stopped(campaign.brand_id):
         found.append(
-            "Sending is stopped for this brand because of its complaint rate, until an owner acknowledges "
-            "it on the deliverability page."
+            _(
+                "Sending is stopped for this brand because of its complaint rate, until an owner acknowledges "
+                "it on the deliverability page."
+            )
         )
     if not campaign.brand.postal_address.strip():
-        found.append("The brand has no postal address: add it in the brand settings.")
+        found.append(_("The brand has no postal address: add it in the brand settings."))
     if not campaign.pk or not campaign.audiences.exists():
-        found.append("Choose at least one audience.")
+        found.append(_("Choose at least one audience."))
     for name in ("subject", "from_name", "from_email", "reply_to", "preheader"):
         if any(ch in str(getattr(campaign, name)) for ch in "\r\n"):
-            found.append(f"The {name.replace('_', ' ')} contains a line break.")
+            label = getattr(Campaign._meta.get_field(name), "verbose_name", name)
+            found.append(_("The %(field)s contains a line break.") % {"field": label})
     found.extend(str(p) for p in rendering.check(campaign))
     return found
 
@@ -88,7 +92,7 @@ def schedule(*, campaign: Campaign, user: User | None, at: datetime | None = Non
             status=Status.SCHEDULED, scheduled_at=when
         )
         if moved != 1:
-            raise CampaignError("Only a draft can be scheduled.")
+            raise CampaignError(_("Only a draft can be scheduled."))
         audit.record(
             brand=campaign.brand,
             user=user,
@@ -106,7 +110,7 @@ def unschedule(*, campaign: Campaign, user: User | None) -> Campaign:
     with transaction.atomic():
         moved = Campaign.objects.filter(pk=campaign.pk, status=Status.SCHEDULED).update(status=Status.DRAFT)
         if moved != 1:
-            raise CampaignError("Only a scheduled campaign that has not started can go back to draft.")
+            raise CampaignError(_("Only a scheduled campaign that has not started can go back to draft."))
         audit.record(brand=campaign.brand, user=user, action="campaign.unscheduled", target=campaign.name)
     campaign.refresh_from_db()
     return campaign
@@ -120,7 +124,7 @@ def pause(*, campaign: Campaign, user: User | None) -> Campaign:
 def resume(*, campaign: Campaign, user: User | None) -> Campaign:
     if bounces.stopped(campaign.brand_id):
         raise CampaignError(
-            "Sending is stopped for this brand because of its complaint rate; an owner must acknowledge it first."
+            _("Sending is stopped for this brand because of its complaint rate; an owner must acknowledge it first.")
         )
     campaign = _move(campaign, user, Status.PAUSED, Status.SENDING, "campaign.resumed")
     transaction.on_commit(lambda: _enqueue_batches(campaign.pk))
@@ -134,7 +138,7 @@ def cancel(*, campaign: Campaign, user: User | None) -> Campaign:
             pk=campaign.pk, status__in=[Status.SCHEDULED, Status.SENDING, Status.PAUSED]
         ).update(status=Status.CANCELLED, finished_at=timezone.now())
         if moved != 1:
-            raise CampaignError("This campaign can't be cancelled now.")
+            raise CampaignError(_("This campaign can't be cancelled now."))
         Delivery.objects.filter(campaign=campaign, status=DStatus.QUEUED).update(
             status=DStatus.SKIPPED, reason="cancelled"
         )
@@ -146,7 +150,7 @@ def cancel(*, campaign: Campaign, user: User | None) -> Campaign:
 def _move(campaign: Campaign, user: User | None, old: str, new: str, action: str) -> Campaign:
     with transaction.atomic():
         if Campaign.objects.filter(pk=campaign.pk, status=old).update(status=new) != 1:
-            raise CampaignError(f"Only a {old} campaign can do that.")
+            raise CampaignError(_("Only a campaign that is “%(status)s” can do that.") % {"status": Status(old).label})
         audit.record(brand=campaign.brand, user=user, action=action, target=campaign.name)
     campaign.refresh_from_db()
     return campaign
@@ -606,5 +610,5 @@ def _enqueue_batches(campaign_id: int) -> None:
     """Start ``DELIVERY_PARALLEL`` chains of batch tasks; each re-enqueues itself while work remains."""
     from campaigns.tasks import send_campaign_batch
 
-    for _ in range(settings.DELIVERY_PARALLEL):
+    for _slot in range(settings.DELIVERY_PARALLEL):
         send_campaign_batch.delay(campaign_id)

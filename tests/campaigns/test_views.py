@@ -694,7 +694,7 @@ def test_an_action_the_status_does_not_allow_is_a_message_not_a_500(
     response = client.post(_url(campaign, "pause/"), follow=True)
 
     assert response.status_code == 200
-    assert "Only a sending campaign can do that." in response.content.decode()
+    assert "Only a campaign that is “Sending” can do that." in response.content.decode()
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.DRAFT
 
