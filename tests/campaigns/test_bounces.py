@@ -656,7 +656,7 @@ def test_a_complaint_rate_above_the_warning_level_warns_the_owners_by_email(
     assert sorted(m.to[0] for m in mail.outbox) == ["alice.private@example.net", "alice@acme.example"]
     message = mail.outbox[0]
     assert message.subject == "Warning for Acme Tea: complaint rate 0.20%"
-    assert "2 of the 1000 messages Acme Tea sent were marked as spam" in message.body
+    assert "2 of the 1,000 messages Acme Tea sent were marked as spam" in message.body
     assert "http://127.0.0.1:8000/b/acme/deliverability/" in message.body
     assert bounces.stopped(brand) is None
 
