@@ -263,7 +263,9 @@ def confirm(*, subscriber: Subscriber, audience_ids: Sequence[int], evidence: Ev
             .filter(brand_id=locked.brand_id, email_hash=locked.email_hash)
             .first()
         )
-        if suppression is not None and suppression.reason not in LIFTED_BY_OPT_IN:
+        if suppression is not None and (
+            suppression.reason not in LIFTED_BY_OPT_IN or evidence.actor != ConsentEvent.Actor.CONSUMER
+        ):
             raise ConsentRefused("this address is blocked")
         if locked.status == Subscriber.Status.BLOCKED and suppression is None:
             raise ConsentRefused("this address is blocked")
@@ -518,7 +520,7 @@ def erase(*, subscriber: Subscriber, evidence: Evidence) -> Suppression:
 
     What stays is one suppression entry keyed by the sha256 of the normalised
     address (no address, no name), so no import, API call or signup can add the
-    person again. An existing bounce or complaint suppression keeps its reason.
+    person again. An existing bounce or complaint suppression becomes an erasure one.
     The deletion itself leaves no event: the events are personal data too.
     """
     with transaction.atomic():
@@ -526,6 +528,10 @@ def erase(*, subscriber: Subscriber, evidence: Evidence) -> Suppression:
         suppression, _ = Suppression.objects.get_or_create(
             brand_id=locked.brand_id, email_hash=locked.email_hash, defaults={"reason": Suppression.Reason.ERASED}
         )
+        if suppression.reason in LIFTED_BY_OPT_IN:
+            # Erasure is for good: a later signup must not lift what began as a bounce.
+            suppression.reason = Suppression.Reason.ERASED
+            suppression.save(update_fields=["reason"])
         subscriber_id = locked.pk
         locked.delete()
     log.info("erased subscriber %s (actor %s, source %s)", subscriber_id, evidence.actor, evidence.source)

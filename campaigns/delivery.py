@@ -506,8 +506,16 @@ def _mark_sent(sent: list[Delivery], now: datetime) -> None:
             SET status = %s, sent_at = %s, lease_until = NULL, reason = '', message_id = v.message_id,
                 provider_id = v.provider_id
             FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(id, message_id, provider_id)
-            WHERE d.id = v.id""",  # noqa: S608
-            [DStatus.SENT, now, [d.pk for d in sent], [d.message_id for d in sent], [d.provider_id for d in sent]],
+            WHERE d.id = v.id AND d.status = %s""",  # noqa: S608
+            [
+                DStatus.SENT,
+                now,
+                [d.pk for d in sent],
+                [d.message_id for d in sent],
+                [d.provider_id for d in sent],
+                # A provider's report (bounced, complained) processed before this batch recorded its results wins.
+                DStatus.SENDING,
+            ],
         )
 
 

@@ -920,14 +920,7 @@ def test_a_bounce_after_a_block_does_not_soften_it(sent: Delivery, dana: Subscri
     "bounced_first",
     [
         pytest.param(False, id="erased"),
-        pytest.param(
-            True,
-            id="bounced-then-erased",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="consent.erase keeps a bounce suppression's reason, so a new signup lifts the erasure",
-            ),
-        ),
+        pytest.param(True, id="bounced-then-erased"),
     ],
 )
 def test_an_erased_persons_suppression_is_never_lifted(
