@@ -30,7 +30,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from audiences import audit, consent
 from audiences.access import Role, brand_view, current_user, get_for_brand
 from audiences.consent import Evidence
-from audiences.models import Audience, ConsentEvent, Subscriber, Subscription
+from audiences.models import Audience, ConsentEvent, Subscriber, Subscription, Suppression
 from audiences.ratelimit import client_ip
 from audiences.subscriber_queries import Cursor, Filters, filtered, page, stream_csv, total
 
@@ -261,8 +261,12 @@ def subscriber_block(request: HttpRequest, pk: int) -> HttpResponse:
     evidence = _team_evidence(request)
 
     def block() -> bool:
-        # The operation does nothing to someone already blocked; a new blocked_at means it acted.
-        return consent.block(subscriber=subscriber, evidence=evidence).blocked_at != subscriber.blocked_at
+        # The operation does nothing to someone already blocked (a new blocked_at means it acted), except
+        # that it makes a bounce or complaint suppression, which a new opt-in would lift, permanent.
+        hardens = Suppression.objects.filter(
+            brand_id=subscriber.brand_id, email_hash=subscriber.email_hash, reason__in=consent.LIFTED_BY_OPT_IN
+        ).exists()
+        return consent.block(subscriber=subscriber, evidence=evidence).blocked_at != subscriber.blocked_at or hardens
 
     if _as_team(request, subscriber, "subscriber.blocked", block):
         messages.success(request, _("%(email)s is blocked and will never be mailed.") % {"email": subscriber.email})
