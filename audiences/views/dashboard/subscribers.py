@@ -19,10 +19,9 @@ from django import forms
 from django.contrib import messages
 from django.db import transaction
 from django.db.models import Prefetch, prefetch_related_objects
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import path
-from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -33,6 +32,7 @@ from audiences.consent import Evidence
 from audiences.models import Audience, ConsentEvent, Subscriber, Subscription, Suppression
 from audiences.ratelimit import client_ip
 from audiences.subscriber_queries import Cursor, Filters, filtered, page, stream_csv, total
+from audiences.views.dashboard import csv_download
 
 
 class FilterForm(forms.Form):
@@ -312,11 +312,7 @@ def subscriber_export(request: HttpRequest) -> HttpResponseBase:
         return render(request, "dashboard/subscribers/list.html", {"form": form, "rows": []}, status=400)
     filters = form.filters()
     audit.record(brand=brand, user=current_user(request), action="subscribers.exported", details=filters.as_details())
-    response = StreamingHttpResponse(stream_csv(brand=brand, filters=filters), content_type="text/csv; charset=utf-8")
-    stamp = timezone.now().strftime("%Y%m%d-%H%M")
-    response["Content-Disposition"] = f'attachment; filename="{brand.slug}-subscribers-{stamp}.csv"'
-    response["Cache-Control"] = "no-store"
-    return response
+    return csv_download(stream_csv(brand=brand, filters=filters), slug=brand.slug, what="subscribers")
 
 
 urlpatterns = [

@@ -15,10 +15,9 @@ from django import forms
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import path
-from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.http import require_GET, require_http_methods
@@ -29,6 +28,7 @@ from audiences.consent import Evidence
 from audiences.models import ConsentEvent, Suppression, email_hash
 from audiences.ratelimit import client_ip
 from audiences.subscriber_queries import Cursor, page
+from audiences.views.dashboard import csv_download
 
 MAX_ADDRESSES = 1000
 # Addresses are separated by line breaks, commas, semicolons or spaces (none can be in an unquoted address).
@@ -247,13 +247,7 @@ def suppression_export(request: HttpRequest) -> HttpResponseBase:
         return render(request, "dashboard/suppressions/list.html", {"form": form, "rows": []}, status=400)
     filters = form.filters()
     audit.record(brand=brand, user=current_user(request), action="suppressions.exported", details=filters.as_details())
-    response = StreamingHttpResponse(
-        suppressions.stream_csv(brand=brand, filters=filters), content_type="text/csv; charset=utf-8"
-    )
-    stamp = timezone.now().strftime("%Y%m%d-%H%M")
-    response["Content-Disposition"] = f'attachment; filename="{brand.slug}-suppressions-{stamp}.csv"'
-    response["Cache-Control"] = "no-store"
-    return response
+    return csv_download(suppressions.stream_csv(brand=brand, filters=filters), slug=brand.slug, what="suppressions")
 
 
 urlpatterns = [
