@@ -17,6 +17,7 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from email.header import Header
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
@@ -135,7 +136,12 @@ def list_id(audience: Audience) -> str:
     """RFC 2919 List-Id: a stable, unique identifier per audience under the site's host."""
     host = urlsplit(settings.SITE_URL).hostname or "localhost"
     label = slugify(audience.name)[:40] or "list"
-    return f"{audience.name.replace('<', '').replace('>', '')} <{label}.{audience.pk}.{audience.brand_id}.{host}>"
+    name = " ".join(audience.name.replace("<", "").replace(">", "").split())
+    if not name.isascii():  # encoded words in the phrase only: the <list-id> itself stays plain (RFC 2919)
+        name = " ".join(Header(name, "utf-8", maxlinelen=75).encode().split())
+    elif any(ch in name for ch in '()<>[]:;@\\,."'):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{label}.{audience.pk}.{audience.brand_id}.{host}>"
 
 
 def unsubscribe_headers(subscriber: Subscriber, audiences: Sequence[Audience]) -> dict[str, str]:

@@ -383,8 +383,15 @@ def _send(campaign: Campaign, deliveries: list[Delivery], result: BatchResult) -
     try:
         conn.open()
         for d in deliveries:
-            built = messages.build(d) if raw else None
+            try:
+                built = messages.build(d) if raw else None
+            except Exception as exc:  # one message we cannot build must not cost the batch its results
+                log.exception("campaign %s: delivery %s could not be built", campaign.pk, d.pk)
+                failed.append(_with_reason(d, f"could not build the message: {exc!r}"))
+                continue
             if built is None:
+                if pipeline is not None:  # Django's backend writes on the same connection: end the open DATA first
+                    settle(pipeline.flush())
                 settle([_send_one(conn, messages, d)])
                 continue
             d.message_id = built.message_id
@@ -431,7 +438,7 @@ def _classify(d: Delivery, error: Exception, retry: list[Delivery], failed: list
     if isinstance(error, smtplib.SMTPRecipientsRefused):
         codes = [code for code, _ in error.recipients.values()]
         (retry if all(400 <= c < 500 for c in codes) else failed).append(_with_reason(d, repr(error.recipients)))
-        return False
+        return 421 in codes  # smtplib (and the pipeline) closed the connection
     if isinstance(error, smtplib.SMTPResponseException):
         text = error.smtp_error
         reply = f"{error.smtp_code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"
@@ -506,15 +513,17 @@ def _mark_sent(sent: list[Delivery], now: datetime) -> None:
             SET status = %s, sent_at = %s, lease_until = NULL, reason = '', message_id = v.message_id,
                 provider_id = v.provider_id
             FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(id, message_id, provider_id)
-            WHERE d.id = v.id AND d.status = %s""",  # noqa: S608
+            WHERE d.id = v.id AND d.status IN (%s, %s)""",  # noqa: S608
             [
                 DStatus.SENT,
                 now,
                 [d.pk for d in sent],
                 [d.message_id for d in sent],
                 [d.provider_id for d in sent],
-                # A provider's report (bounced, complained) processed before this batch recorded its results wins.
+                # A provider's report (bounced, complained) processed before this batch recorded its results
+                # wins; a delivery whose lease ran out meanwhile (queued again) was sent all the same.
                 DStatus.SENDING,
+                DStatus.QUEUED,
             ],
         )
 

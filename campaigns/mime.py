@@ -21,13 +21,15 @@ an address whose local part is not ASCII (Django's backend knows SMTPUTF8).
 from __future__ import annotations
 
 import binascii
+import re
 import secrets
 from dataclasses import dataclass
 from email.header import Header
-from email.utils import formataddr, formatdate
+from email.utils import formatdate
 from typing import Any
 
 from django.core.mail import EmailMultiAlternatives
+from django.utils.encoding import punycode
 
 from audiences import links
 from audiences.models import Audience, Subscriber
@@ -35,6 +37,7 @@ from campaigns import rendering, verp
 from campaigns.models import Campaign, Delivery
 
 _CRLF = "\r\n"
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
 
 
 @dataclass(frozen=True)
@@ -72,27 +75,43 @@ def header(name: str, value: str) -> str:
 
 
 def address(name: str, email: str) -> str:
-    """A display name and an (ASCII) address as one header value, the name encoded when needed."""
-    return formataddr((" ".join(name.split()), email), charset="utf-8")
+    """A display name and an address as one header value.
+
+    The name is quoted when it needs to be, or split into RFC 2047 encoded words of at
+    most 75 characters; an IDN domain is written in punycode. A non-ASCII local part
+    is kept: only Django's backend sends to such an address (``build`` returns None).
+    """
+    name = " ".join(name.split())
+    local, at, domain = email.rpartition("@")
+    if at and not domain.isascii():
+        email = f"{local}@{punycode(domain)}"
+    if not name:
+        return email
+    if not name.isascii():
+        phrase = " ".join(Header(name, "utf-8", maxlinelen=75).encode().split())  # RFC 2047: words of <= 75
+    elif _SPECIALS.search(name):
+        phrase = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    else:
+        phrase = name
+    return f"{phrase} <{email}>"
 
 
 def part(content: str, subtype: str) -> bytes:
     """One ``text/<subtype>`` part, headers and body, with CRLF line ends.
 
     Like Django: 7bit for ASCII, 8bit UTF-8 otherwise, quoted-printable when a
-    line would be longer than SMTP's 998 octets.
+    line would be longer than SMTP's 998 octets (octets, not characters).
     """
-    body = content.replace("\r\n", "\n").replace("\r", "\n") if "\r" in content else content
-    if len(body) < 999 or max(map(len, body.split("\n"))) < 999:
+    body = (content.replace("\r\n", "\n").replace("\r", "\n") if "\r" in content else content).encode()
+    if len(body) < 999 or max(map(len, body.split(b"\n"))) < 999:
         encoding = "7bit" if body.isascii() else "8bit"
-        payload = body.replace("\n", _CRLF).encode()
+        payload = body.replace(b"\n", b"\r\n")
     else:
         encoding = "quoted-printable"
-        payload = binascii.b2a_qp(body.encode(), istext=True).replace(b"\n", b"\r\n")
+        payload = binascii.b2a_qp(body, istext=True).replace(b"\n", b"\r\n")
     head = f'Content-Type: text/{subtype}; charset="utf-8"{_CRLF}Content-Transfer-Encoding: {encoding}{_CRLF}{_CRLF}'
-    if not payload.endswith(b"\r\n"):
-        payload += b"\r\n"
-    return head.encode() + payload
+    # The CRLF before the next boundary belongs to the boundary (RFC 2046 5.1.1), not to the content.
+    return head.encode() + payload + b"\r\n"
 
 
 class CampaignMessages:
@@ -104,13 +123,13 @@ class CampaignMessages:
         self.audiences = sorted(audiences, key=lambda a: a.pk)
         self.audience_names = sorted(a.name for a in audiences)
         self.sender = address(campaign.sender_name, campaign.sender_email)
-        self.sender_email = campaign.sender_email
-        self.domain = campaign.sender_email.rpartition("@")[2] or "localhost"
+        self.sender_email = address("", campaign.sender_email)
+        self.domain = self.sender_email.rpartition("@")[2] or "localhost"
         reply_to = campaign.reply_to or campaign.brand.reply_to
-        self.reply_to = reply_to or ""
+        self.reply_to = address("", reply_to) if reply_to else ""
         shared = [header("From", self.sender)]
         if reply_to:
-            shared.append(header("Reply-To", reply_to))
+            shared.append(header("Reply-To", self.reply_to))
         shared.append(header("Date", formatdate()))
         shared.append("MIME-Version: 1.0" + _CRLF)
         self._shared = "".join(shared)

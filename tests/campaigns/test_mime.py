@@ -279,10 +279,6 @@ def test_a_line_longer_than_998_octets_goes_quoted_printable_and_decodes_back_ex
     assert _same_links(html.get_content().replace("\r\n", "\n")) == _same_links(content.html)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mime.part measures the 998 limit in characters, not octets: 600 'ü' are 1,200 octets on one 8bit line",
-)
 def test_a_short_line_of_many_octets_goes_quoted_printable_too(make: Make) -> None:
     messages, d = make(Case(html="<p>" + "ü" * 600 + "</p>"))
     built, ours = fast(messages, d)
@@ -292,10 +288,6 @@ def test_a_short_line_of_many_octets_goes_quoted_printable_too(make: Make) -> No
     assert_wire_format(built.data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mime.part lets the boundary's CRLF swallow the body's own last line end; Django keeps it",
-)
 def test_a_body_that_ends_with_a_line_break_keeps_it(make: Make, brand: Brand) -> None:
     brand.postal_address = "Acme Tea\n2 Leaf Lane\nBristol BS1 1AA\n"
     brand.save(update_fields=["postal_address"])
@@ -313,7 +305,6 @@ def test_every_encoded_word_of_a_usual_message_is_at_most_75_characters(make: Ma
     assert max(map(len, words)) <= 75  # RFC 2047 section 2
 
 
-@pytest.mark.xfail(strict=True, reason="mime.address puts a long non-ASCII name in one encoded word (RFC 2047: 75)")
 def test_a_long_non_ascii_name_is_split_into_encoded_words_of_at_most_75_characters(make: Make) -> None:
     name = "Jürgen Müller-Lüdenscheidt von Überlingen-Großbottwar"
     messages, d = make(Case(name=name, email="jm@example.de"))
@@ -325,11 +316,6 @@ def test_a_long_non_ascii_name_is_split_into_encoded_words_of_at_most_75_charact
     assert str(make_header(decode_header(dict(ours.raw_items())["To"]))) == f"{name} <jm@example.de>"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a non-ASCII audience name turns the whole List-Id, <list-id> included, into encoded words "
-    "(both paths; RFC 2919 wants the <list-id> plain): audiences/links.list_id must encode only the phrase",
-)
 def test_a_non_ascii_audience_name_leaves_the_list_id_itself_readable(make: Make, news: Audience) -> None:
     news.name = "Wöchentliche Neuigkeiten"
     news.save(update_fields=["name"])
@@ -342,21 +328,12 @@ def test_a_non_ascii_audience_name_leaves_the_list_id_itself_readable(make: Make
         assert list_id in dict(message.raw_items())["List-Id"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="mime.header encodes a Reply-To on an IDN domain as one encoded word instead of punycode"
-)
 def test_a_reply_to_address_on_an_idn_domain_is_a_usable_address(make: Make) -> None:
     messages, d = make(Case(reply_to="hilfe@bücher.example"))
     _, ours = fast(messages, d)
     assert _addresses(ours, "Reply-To") == _addresses(django(messages, d), "Reply-To")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="CampaignMessages formats the From header with formataddr, which refuses an IDN sender domain "
-    "(an EmailField allows one), so every batch of the campaign raises before sending anything",
-)
 def test_a_sender_on_an_idn_domain_is_written_in_punycode(make: Make, brand: Brand) -> None:
     brand.from_email = "news@bücher.example"
     brand.save(update_fields=["from_email"])
@@ -444,12 +421,6 @@ def test_message_ids_are_unique_across_builds(make: Make, signup_form: SignupFor
 # --- Addresses only Django's backend can send ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="CampaignMessages.content formats the To header with formataddr, which refuses a non-ASCII address, "
-    "so build() raises instead of returning None (and django_message raises too)",
-)
 @pytest.mark.parametrize("address", ["jürgen@example.de", "pat@bücher.example"])
 def test_a_non_ascii_recipient_address_is_left_to_djangos_backend(make: Make, address: str) -> None:
     messages, d = make(Case(email=address))
@@ -578,11 +549,6 @@ def test_a_refused_message_is_classified_and_nothing_is_lost_or_sent_twice(
     _assert_each_sent_delivery_arrived_once(campaign, smtp)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="smtplib closes the connection after a 421 to RCPT, but _classify only asks for a new connection after "
-    "a 421 outside SMTPRecipientsRefused, so the next message fails on the closed connection (a spurious retry)",
-)
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-command-at-a-time"])
 def test_after_a_421_to_rcpt_the_next_message_goes_out_on_a_new_connection(
     make: Make, smtp: MailServer, signup_form: SignupForm, news: Audience, pipelining: bool
@@ -595,12 +561,6 @@ def test_after_a_421_to_rcpt_the_next_message_goes_out_on_a_new_connection(
     _assert_each_sent_delivery_arrived_once(campaign, smtp)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a non-ASCII recipient address raises UnicodeEncodeError out of _send (mime.address), so the batch's "
-    "earlier messages are sent but never recorded and go out again when the lease expires; once that is fixed, "
-    "pipelined, _send_one still writes Django's MAIL FROM into the pipeline's open DATA (flush it first)",
-)
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-command-at-a-time"])
 def test_a_non_ascii_recipient_does_not_cost_the_batch_its_results(
     make: Make, smtp: MailServer, signup_form: SignupForm, news: Audience, pipelining: bool
