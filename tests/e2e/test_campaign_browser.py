@@ -31,6 +31,7 @@ from playwright.sync_api import Page, expect
 
 from audiences import consent, links
 from audiences.models import Audience, AuditEvent, ConsentEvent, SignupForm, Subscriber
+from campaigns import verp
 from campaigns.models import Campaign, Delivery
 from config.celery import app as celery_app
 from tests.e2e.conftest import DESKTOP, PHONE
@@ -258,7 +259,7 @@ def test_an_editor_composes_previews_tests_and_sends_a_campaign(
     deliveries = list(Delivery.objects.filter(campaign=campaign).select_related("subscriber"))
     assert {d.subscriber.email: d.status for d in deliveries} == {r.email: Delivery.Status.SENT for r in readers}
     for d in deliveries:
-        sent = by_delivery[str(d.pk)]
+        sent = by_delivery[verp.token(d.pk)]
         first_name = d.subscriber.name.split()[0]
         assert sent["Subject"] == f"Hello {first_name}"
         assert sent["Message-ID"] == d.message_id
@@ -271,4 +272,6 @@ def test_an_editor_composes_previews_tests_and_sends_a_campaign(
         assert f"The first flush of the spring harvest is in, {first_name}." in html
         assert brand.postal_address in html
         assert target[1:-1] in html  # the footer's link is the header's
-    shot_email(page, by_delivery[str(next(d.pk for d in deliveries if d.subscriber == sam))], output_dir, "11-received")
+    shot_email(
+        page, by_delivery[verp.token(next(d.pk for d in deliveries if d.subscriber == sam))], output_dir, "11-received"
+    )
