@@ -50,6 +50,8 @@ class Campaign(models.Model):
     planned_at = models.DateTimeField(null=True, blank=True)
     # When a batch last ran: the reconciler restarts a send whose batches stopped.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Deliveries below this id were all claimed once: batches claim from here (delivery._claim).
+    claim_from = models.BigIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["-created_at"]

@@ -218,6 +218,32 @@ def test_the_reconciler_requeues_expired_leases_and_finishes(campaign: Campaign,
     assert campaign.status == Campaign.Status.SENT
 
 
+def test_batches_claim_from_the_front_and_then_what_went_back_behind_it(
+    campaign: Campaign, people: list[Subscriber], signup_form: SignupForm, news: Audience
+) -> None:
+    more = [confirmed(signup_form, [news], f"p{i}@example.com") for i in range(4)]
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.SENDING, heartbeat_at=timezone.now())
+    delivery.plan(campaign)
+    ids = list(Delivery.objects.filter(campaign=campaign).order_by("pk").values_list("pk", flat=True))
+    assert len(ids) == 2 + len(more)  # a and b read the news; c does not
+
+    first = delivery.send_batch(campaign_id=campaign.pk, size=2)
+    campaign.refresh_from_db()
+    assert (first.sent, campaign.claim_from) == (2, ids[0])
+    delivery.send_batch(campaign_id=campaign.pk, size=2)
+    campaign.refresh_from_db()
+    assert campaign.claim_from == ids[2]
+    # A delivery behind the front goes back to the queue (a released lease, a due retry) …
+    Delivery.objects.filter(pk=ids[1]).update(status=Delivery.Status.QUEUED, sent_at=None)
+
+    # … the front comes first; once it runs dry, the claim looks behind it.
+    assert delivery.claim_batch(campaign.pk, 10, from_id=campaign.claim_from) == ids[4:]
+    Delivery.objects.filter(pk__in=ids[4:]).update(status=Delivery.Status.QUEUED)
+    last = delivery.send_batch(campaign_id=campaign.pk, size=5)
+    assert last.sent == 3
+    assert set(Delivery.objects.filter(campaign=campaign).values_list("status", flat=True)) == {"sent"}
+
+
 def test_progress_counts(
     campaign: Campaign, people: list[Subscriber], owner: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
