@@ -14,7 +14,7 @@ TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
 # when BOUNCE_MAILBOX_URL is set.
 PROCS := web worker beat $(if $(EMAIL_URL),,outbox) $(if $(BOUNCE_MAILBOX_URL),bounces)
 
-.PHONY: run test lint format venv chromium clean
+.PHONY: run test lint format venv chromium dovecot clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ run: $(STAMP)
 	@echo "Starting $(PROCS) (Ctrl-C stops them all)"
 	PATH="$(CURDIR)/$(BIN):$$PATH" exec $(BIN)/honcho start $(PROCS)
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium dovecot
 	DATABASE_URL="$(TEST_DATABASE_URL)" REDIS_URL="$(TEST_REDIS_URL)" CELERY_BROKER_URL="$(TEST_BROKER_URL)" \
 	EMAIL_URL="smtp://127.0.0.1:1" DEBUG=true \
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -42,6 +42,13 @@ chromium:
 	    echo "Installing Debian's chromium for the browser tests"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "Browser tests need /usr/bin/chromium: sudo apt-get install chromium" >&2; exit 1; fi; \
+	fi
+
+# The bounce-mailbox reader's IMAP tests start their own Dovecot; install it when missing and we may.
+dovecot:
+	@if [ ! -x /usr/sbin/dovecot ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing Debian's dovecot-imapd for the IMAP tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; \
 	fi
 
 lint: $(STAMP)

@@ -23,7 +23,7 @@ from campaigns.models import Campaign, Delivery, DeliveryEvent
 from tests.campaigns.bounce_samples import BOUNCE_ADDRESS, sample
 from tests.campaigns.test_delivery import HTML, confirmed, send_now
 from tests.conftest import ROOT
-from tests.mailboxes import PASSWORD, USER, Dovecot, POP3Server, dovecot_missing
+from tests.mailboxes import PASSWORD, USER, Dovecot, POP3Server, require_dovecot
 from tests.mailserver import free_port
 
 # Four reports in three messages (the Exim DSN names two recipients), and two messages that are no report.
@@ -232,8 +232,7 @@ def wait_for(condition: Any, *, what: str, process: subprocess.Popen[bytes], tim
 
 @pytest.fixture
 def dovecot() -> Iterator[Dovecot]:
-    if reason := dovecot_missing():
-        pytest.skip(reason)
+    require_dovecot()
     with Dovecot() as server:
         for raw in messages():
             server.append(raw)
@@ -260,8 +259,7 @@ def test_a_second_imap_pass_records_nothing_new(db: None, dovecot: Dovecot) -> N
 
 @pytest.mark.parametrize("capability", ["", "IMAP4rev1 LITERAL+ SASL-IR ID ENABLE IDLE UIDPLUS"], ids=["move", "copy"])
 def test_imap_can_move_messages_to_folders_instead(db: None, capability: str) -> None:
-    if reason := dovecot_missing():
-        pytest.skip(reason)
+    require_dovecot()
     with Dovecot(capability=capability) as dovecot:  # without MOVE: COPY, \Deleted and EXPUNGE
         for raw in messages():
             dovecot.append(raw)
@@ -292,8 +290,7 @@ def test_a_missing_imap_folder_is_one_clear_line(dovecot: Dovecot) -> None:
 
 @pytest.fixture
 def dovecot_tls() -> Iterator[Dovecot]:
-    if reason := dovecot_missing(tls=True):
-        pytest.skip(reason)
+    require_dovecot(tls=True)
     with Dovecot(tls=True) as server:
         for raw in messages():
             server.append(raw)

@@ -118,7 +118,7 @@ class _PostmarkAPI(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def log_message(self, format: str, *args: Any) -> None:
-        pass
+        """Quiet: the base class writes a line to stderr for every request."""
 
 
 @pytest.fixture
