@@ -9,7 +9,6 @@ the events.
 from __future__ import annotations
 
 from datetime import date, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
 from django.contrib import messages
@@ -33,11 +32,7 @@ COUNTERS = ["sent", "delivered", "hard_bounces", "soft_bounces", "complaints", "
 
 def _today(brand: Brand) -> date:
     """Today in the brand's time zone: the days the counters are kept in."""
-    try:
-        zone = ZoneInfo(brand.time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = ZoneInfo("UTC")
-    return timezone.localdate(timezone=zone)
+    return timezone.localdate(timezone=bounces.zone(brand))
 
 
 def _charts(axis: list[date], days: dict[date, SendingDay]) -> list[object]:
