@@ -32,7 +32,7 @@ from email.parser import HeaderParser
 from email.utils import getaddresses, parsedate_to_datetime
 
 from campaigns import verp
-from campaigns.bounces import Report
+from campaigns.bounces import Report, enhanced_status
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ _FEEDBACK = {"abuse": "complained", "fraud": "complained"}
 
 # Where a report names the address it was sent to (ours: VERP carries the delivery).
 _ENVELOPE_HEADERS = ("to", "delivered-to", "x-original-to", "envelope-to", "x-envelope-to")
-_ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
 _VERP_SHAPE = re.compile(r"\+d\d+\.[^@]*@")
 _ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
 _DAEMON = re.compile(r"^(mailer-daemon|postmaster|mail-daemon)@", re.IGNORECASE)
@@ -185,7 +184,7 @@ def _delivery_status(part: Message, source: _Source) -> list[Report]:
                 event_type=event_type,
                 recipient=recipient,
                 occurred_at=_date(fields.get("last-attempt-date", "")) or _date(per_message.get("arrival-date", "")),
-                smtp_status=_specific_status(_status(fields.get("status", "")), _status(diagnostic)),
+                smtp_status=_specific_status(enhanced_status(fields.get("status", "")), enhanced_status(diagnostic)),
                 description=diagnostic or _human_text(source.message),
                 details={"action": action, "reporting_mta": reporting_mta, "mta_response": diagnostic},
             )
@@ -245,7 +244,7 @@ def _plain(parts: list[Message], source: _Source) -> list[Report]:
     text, quoted = _split_quoted(text)
     if source.original is None and quoted is not None:
         source = replace(source, original=quoted)
-    status_line = next((line.strip() for line in text.splitlines() if _status(line).startswith("5.")), "")
+    status_line = next((line.strip() for line in text.splitlines() if enhanced_status(line).startswith("5.")), "")
     recipient = _plain_recipient(text, source) if status_line else ""
     if not recipient:
         return []
@@ -256,7 +255,7 @@ def _plain(parts: list[Message], source: _Source) -> list[Report]:
             event_type="bounced",
             recipient=recipient,
             occurred_at=None,
-            smtp_status=_status(status_line),
+            smtp_status=enhanced_status(status_line),
             description=diagnostic,
             details={"action": "failed", "mta_response": diagnostic},
         )
@@ -432,12 +431,6 @@ def _specific_status(status: str, diagnostic: str) -> str:
     if not status or (status.endswith(".0.0") and diagnostic[:1] == status[:1]):
         return diagnostic or status
     return status
-
-
-def _status(text: str) -> str:
-    """The first enhanced status code (RFC 3463) in the text; not a piece of an IPv4 address."""
-    match = _ENHANCED.search(text or "")
-    return ".".join(match.groups()) if match else ""
 
 
 def _date(value: str) -> datetime | None:
