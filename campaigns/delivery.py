@@ -461,15 +461,13 @@ def _classify(d: Delivery, error: Exception, retry: list[Delivery], failed: list
         codes = [code for code, _ in error.recipients.values()]
         (retry if all(400 <= c < 500 for c in codes) else failed).append(_with_reason(d, repr(error.recipients)))
         return 421 in codes  # smtplib (and the pipeline) closed the connection
-    if isinstance(error, smtplib.SMTPSenderRefused):
-        # The server refused our sender (a relay's configuration, the VERP address), not the recipient:
-        # try again later, within the attempt limit, rather than failing everyone at once.
-        retry.append(_with_reason(d, f"{error.smtp_code} {error.smtp_error.decode(errors='replace')}"))
-        return error.smtp_code == 421
     if isinstance(error, smtplib.SMTPResponseException):
         text = error.smtp_error
         reply = f"{error.smtp_code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"
-        (retry if 400 <= error.smtp_code < 500 else failed).append(_with_reason(d, reply))
+        # A refused sender is the server's matter (a relay's configuration, the VERP address), not the
+        # recipient's: try again later, within the attempt limit, rather than failing everyone at once.
+        temporary = 400 <= error.smtp_code < 500 or isinstance(error, smtplib.SMTPSenderRefused)
+        (retry if temporary else failed).append(_with_reason(d, reply))
         return error.smtp_code == 421
     if isinstance(error, AnymailRecipientsRefused):
         failed.append(_with_reason(d, str(error)))
