@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.db.models import Case, When
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
@@ -44,13 +45,13 @@ def _sending_alert(brand: Brand) -> SendingAlert | None:
     Acknowledging an alert closes every open alert of the brand up to it, so one
     banner and one button are enough.
     """
-    open_alerts = list(
-        SendingAlert.objects.filter(brand=brand, acknowledged_at__isnull=True).order_by("-created_at")[:10]
+    alert = (
+        SendingAlert.objects.filter(brand=brand, acknowledged_at__isnull=True)
+        .order_by(Case(When(level=SendingAlert.Level.STOP, then=0), default=1), "-created_at")
+        .first()
     )
-    stops = [a for a in open_alerts if a.level == SendingAlert.Level.STOP]
-    if not open_alerts:
+    if alert is None:
         return None
-    alert = (stops or open_alerts)[0]
     alert.rate_text = percent(alert.complaint_rate)  # type: ignore[attr-defined]
     return alert
 
