@@ -124,6 +124,8 @@ def parse_url(url: str) -> Mailbox:
         timeout = float(query.get("timeout", "30"))
     except ValueError as exc:
         raise ImproperlyConfigured("BOUNCE_MAILBOX_URL: timeout must be a number of seconds") from exc
+    if not 0 < timeout < float("inf"):  # also NaN: the socket would refuse it only when connecting
+        raise ImproperlyConfigured("BOUNCE_MAILBOX_URL: timeout must be a positive number of seconds")
     return Mailbox(
         scheme=scheme,
         host=parts.hostname,

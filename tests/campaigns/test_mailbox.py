@@ -96,6 +96,8 @@ def test_it_reads_mailbox_urls(url: str, expected: Mailbox) -> None:
         ("imaps://u:topsecret@h?starttls=true", "is TLS already"),
         ("imap://u:topsecret@h?starttls=maybe", "starttls must be true or false"),
         ("imap://u:topsecret@h?timeout=soon", "timeout must be a number"),
+        ("imap://u:topsecret@h?timeout=-1", "timeout must be a positive number"),
+        ("imap://u:topsecret@h?timeout=nan", "timeout must be a positive number"),
         ("imap://u:topsecret@h:99999", "invalid port"),
     ],
 )
