@@ -153,6 +153,8 @@ def parse_email_url(url: str) -> EmailConfig:
         timeout = int(query.get("timeout", "30"))
     except ValueError as exc:
         raise ImproperlyConfigured(f"EMAIL_URL has a malformed port or timeout: {exc}") from exc
+    if timeout < 1:
+        raise ImproperlyConfigured(f"EMAIL_URL timeout={timeout} must be at least 1 second")
     return EmailConfig(
         backend="django.core.mail.backends.smtp.EmailBackend",
         host=parts.hostname,

@@ -172,6 +172,7 @@ def test_console_and_smtp_urls_still_work() -> None:
         ("brevo://key@/v3", "no port or path"),
         ("sparkpost://key@", "not supported"),
         ("smtp://mail.example.com?timeout", "malformed query"),
+        ("smtp://mail.example.com?timeout=-1", "at least 1 second"),
     ],
 )
 def test_malformed_provider_urls_say_what_is_wrong(url: str, message: str) -> None:
