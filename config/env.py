@@ -103,7 +103,6 @@ class EmailConfig:
     use_tls: bool = False
     use_ssl: bool = False
     timeout: int = 30
-    options: dict[str, str] = field(default_factory=dict)
     esp: str = ""
     anymail: dict[str, Any] = field(default_factory=dict)
 
@@ -164,7 +163,6 @@ def parse_email_url(url: str) -> EmailConfig:
         use_tls=use_tls,
         use_ssl=use_ssl,
         timeout=timeout,
-        options=query,
     )
 
 
