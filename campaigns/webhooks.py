@@ -8,7 +8,6 @@ the webhook URLs and their authentication are in ``campaigns/webhook_urls.py``.
 
 from __future__ import annotations
 
-import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -16,8 +15,6 @@ from typing import Any
 from django.utils import timezone
 
 from campaigns import bounces
-
-log = logging.getLogger(__name__)
 
 # The id anymail metadata carries on every campaign message (set when it is sent).
 DELIVERY_METADATA_KEY = "assent_delivery"
@@ -72,10 +69,7 @@ def on_inbound(sender: object, event: Any, esp_name: str, **kwargs: Any) -> None
     # Imported here so the tracking webhooks never depend on the report parser loading.
     from campaigns import dsn
 
-    reports = dsn.parse(event.message.as_bytes(), provider=provider_name(esp_name))
-    if not reports:
-        log.info("inbound %s message ignored: not a bounce or complaint report", esp_name)
-    for report in reports:
+    for report in dsn.parse(event.message.as_bytes(), provider=provider_name(esp_name)):  # logs what it ignores
         bounces.record(report)
 
 
