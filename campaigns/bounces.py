@@ -340,17 +340,23 @@ def rates(row: SendingDay) -> tuple[float, float]:
     return row.complaints / row.sent, row.hard_bounces / row.sent
 
 
+def levels(row: SendingDay) -> list[SendingAlert.Level]:
+    """The alert levels the day's complaint rate reached: above the warning rate, at or above the stop rate."""
+    complaint_rate, _ = rates(row)
+    reached = []
+    if row.sent and complaint_rate > settings.COMPLAINT_WARN_RATE:
+        reached.append(SendingAlert.Level.WARNING)
+    if row.sent and complaint_rate >= settings.COMPLAINT_STOP_RATE:
+        reached.append(SendingAlert.Level.STOP)
+    return reached
+
+
 def _check_rates(brand: Brand, day: date) -> list[int]:
     """Raise the day's warning or stop when its complaint rate crosses a threshold; return new alert ids."""
     row = SendingDay.objects.get(brand=brand, day=day)
     complaint_rate, bounce_rate = rates(row)
     created: list[int] = []
-    levels = []
-    if row.sent and complaint_rate > settings.COMPLAINT_WARN_RATE:
-        levels.append(SendingAlert.Level.WARNING)
-    if row.sent and complaint_rate >= settings.COMPLAINT_STOP_RATE:
-        levels.append(SendingAlert.Level.STOP)
-    for level in levels:
+    for level in levels(row):
         alert, new = SendingAlert.objects.get_or_create(
             brand=brand,
             day=day,

@@ -90,11 +90,8 @@ def _table(axis: list[date], days: dict[date, SendingDay]) -> list[dict[str, obj
         if row is None or not any(getattr(row, name) for name in COUNTERS):
             continue
         complaint_rate, bounce_rate = bounces.rates(row)
-        level = ""
-        if row.sent and complaint_rate >= settings.COMPLAINT_STOP_RATE:
-            level = "stop"
-        elif row.sent and complaint_rate > settings.COMPLAINT_WARN_RATE:
-            level = "warning"
+        reached = bounces.levels(row)
+        level = str(reached[-1]) if reached else ""  # the highest
         rows.append(
             {
                 "row": row,
